@@ -1,0 +1,107 @@
+"""The model description shared by the model builder, the converters and the training entry.
+
+One record holds everything needed to rebuild a LLaMA-family model and its RoPE: it is written
+into every checkpoint (``pose_model.json``) so that reverse conversion, evaluation and resumed
+training need no architecture flags. RoPE scaling is kept in HF's own dictionary form
+(``{"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 2048, ...}``) so a HF
+config maps one to one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+FAMILIES = ("llama", "mistral", "qwen2")
+CONFIG_FILENAME = "pose_model.json"
+
+
+@dataclasses.dataclass
+class ModelArgs:
+    family: str = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_attention_heads: int = 32
+    num_query_groups: Optional[int] = None  # HF num_key_value_heads; None means MHA
+    head_dim: Optional[int] = None  # None means hidden_size // num_attention_heads
+    norm_eps: float = 1e-6
+    qkv_bias: bool = False  # Qwen2
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 2048  # the HF config's value (the original window)
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict] = None  # HF form, with "rope_type"; None means plain RoPE
+    rotary_interleaved: bool = False
+    sliding_window: Optional[int] = None  # Mistral; recorded for export, not applied in training
+    init_method_std: float = 0.02
+    bos_token_id: Optional[int] = 1
+    eos_token_id: Optional[Any] = 2
+    pad_token_id: Optional[int] = None
+    torch_dtype: str = "float32"  # dtype of the weights as stored
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown model family {self.family!r}; expected one of {FAMILIES}")
+        if self.num_query_groups is None:
+            self.num_query_groups = self.num_attention_heads
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(
+                    f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                    f"{self.num_attention_heads}; set head_dim explicitly"
+                )
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_query_groups:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                f"num_query_groups (num_key_value_heads) {self.num_query_groups}"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                     "num_attention_heads", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def rope_factor(self) -> float:
+        return float((self.rope_scaling or {}).get("factor", 1.0))
+
+    @property
+    def max_position(self) -> int:
+        """Exclusive upper bound of the position ids this model is meant to see."""
+        scaling = self.rope_scaling or {}
+        original = scaling.get("original_max_position_embeddings", self.max_position_embeddings)
+        return max(int(round(original * self.rope_factor)), self.max_position_embeddings)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelArgs":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model settings {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def save(self, directory: str) -> str:
+        path = os.path.join(directory, CONFIG_FILENAME)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, directory: str) -> "ModelArgs":
+        path = os.path.join(directory, CONFIG_FILENAME)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} not found: {directory} is not a checkpoint written by pose_megatron "
+                f"(its converters and training write {CONFIG_FILENAME} beside the weights)"
+            )
+        with open(path) as f:
+            return cls.from_dict(json.load(f))

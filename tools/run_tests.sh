@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up .venv if needed, then run the test suite. Extra arguments go to pytest, e.g.
+#   bash tools/run_tests.sh -m slow        # only the slow tests
+#   bash tools/run_tests.sh -m "slow or not slow"   # everything
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup_env.sh
+if [ $# -eq 0 ]; then set -- -m "not slow and not gpu"; fi
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install pose_megatron with everything its tests and examples use.
+# torch is installed first, pinned, so that megatron-core's "torch>=..." requirement never pulls
+# the multi-GB CUDA build onto a CPU machine. Override with TORCH_SPEC, e.g. on a GPU cluster:
+#   TORCH_SPEC="torch==2.8.0" bash tools/setup_env.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+stamp="$VENV/.pose_megatron_installed"
+want="$(cat setup.py pyproject.toml csrc/*.cpp 2>/dev/null | sha1sum | cut -c1-16) $TORCH_SPEC"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+echo "[setup] installing $TORCH_SPEC"
+"$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
+echo "[setup] installing megatron-core, transformers and test tools"
+"$VENV/bin/python" -m pip install -q "$TORCH_SPEC" "megatron-core>=0.15" numpy pybind11 \
+  sentencepiece "transformers>=4.45" safetensors tqdm matplotlib pytest hypothesis zstandard
+echo "[setup] building pose_megatron (C++ extensions)"
+"$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e .
+"$VENV/bin/python" - <<'PY'
+import torch, megatron.core, transformers
+print(f"[setup] torch {torch.__version__} (cuda={torch.cuda.is_available()}), "
+      f"megatron-core {megatron.core.__version__}, transformers {transformers.__version__}")
+PY
+echo "$want" > "$stamp"
