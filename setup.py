@@ -49,6 +49,8 @@ setup(
         "transformers>=4.45",
         "safetensors",
         "tqdm",
+        # Megatron-Core's torch_dist checkpoint writer needs it and hangs without it.
+        "psutil",
     ],
     extras_require={
         "plots": ["matplotlib"],

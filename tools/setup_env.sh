@@ -19,7 +19,7 @@ echo "[setup] installing $TORCH_SPEC"
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
 echo "[setup] installing megatron-core, transformers and test tools"
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" "megatron-core>=0.15" numpy pybind11 \
-  sentencepiece "transformers>=4.45" safetensors tqdm matplotlib pytest hypothesis zstandard
+  sentencepiece "transformers>=4.45" safetensors tqdm psutil matplotlib pytest hypothesis zstandard
 echo "[setup] building pose_megatron (C++ extensions)"
 "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e .
 "$VENV/bin/python" - <<'PY'

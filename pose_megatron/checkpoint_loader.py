@@ -1,0 +1,92 @@
+"""Load a pose_megatron checkpoint (converter or training output) as the plugin's GPTModel.
+
+For inference and evaluation: one call gives the model of this process's rank, whatever TP/PP
+the checkpoint was written at. On a bare process it starts a one-process gloo group itself; in a
+job that already initialised Megatron's parallel state (``pose_megatron.parallel.initialize``),
+it loads this rank's TP slice / pipeline stage.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from pose_megatron.config import ModelArgs
+from pose_megatron.convert import megatron_io, weights
+
+
+def _resolve_dtype(dtype, args: ModelArgs) -> torch.dtype:
+    if dtype is None:
+        return megatron_io.DTYPES[args.torch_dtype]
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in megatron_io.DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected a torch dtype or one of bf16, fp16, fp32")
+    return megatron_io.DTYPES[dtype]
+
+
+def _load_dist(model, path: str) -> None:
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedObject
+
+    # _extra_state holds no weights (None for the local spec, FP8 metadata for TE); leaving it
+    # out lets a checkpoint written with one spec load into the other.
+    request = {k: v for k, v in model.sharded_state_dict().items()
+               if not isinstance(v, ShardedObject)}
+    # the same top-level layout as Megatron-LM's checkpoints ({"model": ..., "iteration": ...})
+    loaded = dist_checkpointing.load({"model": request}, path)
+    _apply(model, loaded["model"], path)
+
+
+def _load_legacy(model, args: ModelArgs, path: str) -> None:
+    from megatron.core import parallel_state as ps
+
+    reader = megatron_io.LegacyReader(path, args)
+    tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
+    weights.check_parallel(args, tp, pp)
+    spec = weights.detect_spec(model.state_dict())
+    state = dict(weights.iter_rank_state(
+        reader.get, args, tp, pp, ps.get_tensor_model_parallel_rank(),
+        ps.get_pipeline_model_parallel_rank(), spec))
+    _apply(model, state, path)
+
+
+def _apply(model, state: dict, path: str) -> None:
+    state = {k: v for k, v in state.items() if not k.endswith("._extra_state")}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("._extra_state")]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"{path}: checkpoint does not fit the model: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}")
+
+
+def load_megatron_model(
+    ckpt_dir: str, *, device: str = "cpu", dtype=None, iteration: Optional[int] = None,
+    spec: str = "auto", rope_precision: str = "float32",
+):
+    """The plugin's Megatron-Core GPTModel (this rank's part), weights loaded, in eval mode.
+
+    ``forward(input_ids, position_ids, attention_mask=None)`` returns logits ``[b, s, vocab]`` on
+    the last pipeline stage. ``dtype`` defaults to the dtype the checkpoint stores.
+    """
+    from megatron.core import parallel_state as ps
+
+    from pose_megatron import parallel
+    from pose_megatron.model import build_model
+
+    args = ModelArgs.load(ckpt_dir)
+    path = megatron_io.resolve_iteration_dir(ckpt_dir, iteration)
+    fmt = megatron_io.checkpoint_format(path)
+    params_dtype = _resolve_dtype(dtype, args)
+    if not ps.model_parallel_is_initialized():
+        parallel.initialize(1, 1, device=device)
+    if device == "cpu" and spec == "auto":
+        spec = "local"
+    model = build_model(args, spec=spec, params_dtype=params_dtype, rope_precision=rope_precision)
+    if fmt == "torch_dist":
+        _load_dist(model, path)
+    else:
+        _load_legacy(model, args, path)
+    return model.to(device).eval()

@@ -1,0 +1,123 @@
+"""The two conversions end to end: HF directory -> Megatron checkpoint -> HF directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Optional
+
+
+from pose_megatron.config import ModelArgs
+from pose_megatron.convert import hf_config, hf_io, megatron_io, weights
+
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+def _progress_bar(total_bytes: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=not enabled,
+               dynamic_ncols=True)
+
+    def step(_name, tensor):
+        bar.update(tensor.numel() * tensor.element_size())
+
+    return bar, step
+
+
+def _check_hf_shapes(hf: hf_io.HFCheckpoint, args: ModelArgs) -> None:
+    expected = weights.hf_shapes(args)
+    absent = [n for n in expected if n not in hf]
+    if absent:
+        raise KeyError(
+            f"{hf.directory}: {len(absent)} tensor(s) required by config.json are missing, e.g. "
+            f"{absent[:3]}")
+    for name, shape in expected.items():
+        found = hf.shape(name)
+        if found != shape:
+            raise ValueError(
+                f"{hf.directory}: shape mismatch for {name}: the checkpoint has {found}, "
+                f"config.json implies {shape}")
+    known = set(expected) | {"lm_head.weight"}
+    extra = [n for n in hf.names() if n not in known and "rotary_emb.inv_freq" not in n]
+    if extra:
+        raise ValueError(f"{hf.directory}: tensors the converter does not know: {extra[:5]}")
+
+
+def hf_to_megatron(
+    hf_dir: str, out: str, *, tp: int = 1, pp: int = 1, dtype: Optional[str] = None,
+    fmt: str = "torch_dist", spec: str = "local", force: bool = False,
+    tokenizer: Optional[str] = None, progress: bool = True,
+) -> ModelArgs:
+    if fmt not in megatron_io.FORMATS:
+        raise ValueError(f"--format {fmt!r}: expected one of {megatron_io.FORMATS}")
+    if spec not in weights.SPECS:
+        raise ValueError(f"--spec {spec!r}: expected one of {weights.SPECS}")
+    hf = hf_io.HFCheckpoint(hf_dir)
+    args = hf_config.args_from_hf_config(hf.config, os.path.join(hf_dir, "config.json"))
+    weights.check_parallel(args, tp, pp)
+    _check_hf_shapes(hf, args)
+    stored = hf.dtype("model.embed_tokens.weight")
+    if dtype is not None and dtype not in megatron_io.DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: expected one of bf16, fp16, fp32")
+    target = megatron_io.DTYPES[dtype] if dtype else stored
+    args.torch_dtype = megatron_io.dtype_name(target)
+
+    def get_global(name):
+        tensors = [hf.get(n) for n in weights.hf_sources(name)]
+        return weights.hf_to_global(name, tensors, args).to(target)
+
+    bar, step = _progress_bar(hf.nbytes(), "HF -> Megatron", progress)
+    with megatron_io.atomic_output(out, force) as tmp:
+        args.save(tmp)
+        path = os.path.join(tmp, megatron_io.iteration_dir(None))
+        if fmt == "legacy":
+            megatron_io.write_legacy(path, args, get_global, tp, pp, spec=spec, progress=step)
+        else:
+            megatron_io.write_dist(path, args, get_global, target, progress=step)
+        megatron_io.write_tracker(tmp, None)
+        tok_dir = os.path.join(tmp, TOKENIZER_SUBDIR)
+        os.makedirs(tok_dir)
+        # the HF dir's own tokenizer travels with the checkpoint unless another is named
+        if not hf_io.copy_tokenizer(tokenizer or hf_dir, tok_dir):
+            os.rmdir(tok_dir)
+        with open(os.path.join(tmp, "conversion.json"), "w") as f:
+            json.dump({"source": os.path.abspath(hf_dir), "format": fmt, "tp": tp, "pp": pp,
+                       "spec": spec, "dtype": args.torch_dtype}, f, indent=2)
+    bar.close()
+    hf.close()
+    return args
+
+
+def megatron_to_hf(
+    megatron_dir: str, out: str, *, dtype: Optional[str] = None, force: bool = False,
+    tokenizer: Optional[str] = None, max_shard_bytes: int = 5 * 1024**3,
+    iteration: Optional[int] = None, progress: bool = True,
+) -> ModelArgs:
+    args, reader, _fmt = megatron_io.open_checkpoint(megatron_dir, iteration)
+    if dtype is not None and dtype not in megatron_io.DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: expected one of bf16, fp16, fp32")
+    target = megatron_io.DTYPES[dtype] if dtype else None
+    config = hf_config.hf_config_from_args(
+        args, megatron_io.dtype_name(target) if target else None)  # refuses unknown RoPE first
+    names = weights.megatron_names(args)
+    # from the shapes, not the tensors: a legacy reader would merge TP shards twice
+    itemsize = reader.get(names[0]).element_size()
+    total = itemsize * sum(math.prod(shape) for shape in weights.hf_shapes(args).values())
+    bar, step = _progress_bar(total, "Megatron -> HF", progress)
+    with megatron_io.atomic_output(out, force) as tmp:
+        writer = hf_io.HFWriter(tmp, max_shard_bytes)
+        for name in names:
+            tensor = reader.get(name)
+            step(name, tensor)
+            for hf_name, t in zip(weights.hf_sources(name), weights.global_to_hf(name, tensor, args)):
+                writer.add(hf_name, t.to(target) if target is not None else t)
+        writer.finish()
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        tok_src = tokenizer or os.path.join(megatron_dir, TOKENIZER_SUBDIR)
+        if tokenizer or os.path.isdir(tok_src):
+            hf_io.copy_tokenizer(tok_src, tmp)
+    bar.close()
+    return args

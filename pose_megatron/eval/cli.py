@@ -1,0 +1,94 @@
+"""Command-line pieces shared by tools/eval_passkey.py and tools/eval_ppl.py."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Dict, List, Sequence
+
+from pose_megatron.eval.models import EvalModel, load_model, parse_rope_scaling
+
+
+def parse_length(text: str) -> int:
+    """``4096``, ``4k`` (= 4096) or ``1.5k`` (= 1536)."""
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * 1024 if t.endswith("k") else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a length: {text!r} (e.g. 2048 or 2k)") from None
+    if value <= 0 or not value.is_integer():
+        raise argparse.ArgumentTypeError(f"lengths must be positive whole numbers, got {text!r}")
+    return int(value)
+
+
+def parse_lengths(values: Sequence[str]) -> List[int]:
+    """Lengths given as separate arguments and/or comma lists, sorted and deduplicated."""
+    out = {parse_length(v) for item in values for v in item.split(",") if v.strip()}
+    if not out:
+        raise argparse.ArgumentTypeError("--lengths needs at least one length")
+    return sorted(out)
+
+
+def parse_marks(values: Sequence[str]) -> Dict[str, int]:
+    marks = {}
+    for item in values:
+        label, sep, length = item.rpartition("=")
+        if not sep or not label:
+            raise argparse.ArgumentTypeError(f"--mark wants LABEL=LENGTH, got {item!r}")
+        marks[label] = parse_length(length)
+    return marks
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", metavar="DIR",
+                   help="a HF model directory (config.json, weights, tokenizer) or a pose_megatron "
+                        "checkpoint directory (recognised by its pose_model.json); may be omitted "
+                        "when --compare only re-plots earlier results")
+    g.add_argument("--name", help="label of this model in the table, JSON and plot "
+                                  "(default: the directory name)")
+    g.add_argument("--tokenizer", metavar="PATH",
+                   help="tokenizer: a sentencepiece .model file or a HF tokenizer directory; "
+                        "defaults to --model for HF directories and to the checkpoint's "
+                        "tokenizer/ directory (written by the converter) for Megatron checkpoints")
+    g.add_argument("--rope-scaling", metavar="JSON",
+                   help="override the model's RoPE scaling before loading, in HF form, e.g. "
+                        "'{\"rope_type\":\"linear\",\"factor\":8}' or '{\"rope_type\":\"yarn\","
+                        "\"factor\":8,\"original_max_position_embeddings\":2048}'; 'none' keeps "
+                        "the model's own")
+    g.add_argument("--device", default="auto",
+                   help="auto (the GPU when present, else the CPU), cpu, cuda or cuda:N "
+                        "(default: %(default)s)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights/compute dtype; auto is float32 on CPU and bfloat16 on GPU "
+                        "(default: %(default)s)")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, default_stem: str) -> None:
+    g = parser.add_argument_group("output")
+    g.add_argument("--output-json", default=f"{default_stem}.json", metavar="PATH",
+                   help="results file, written atomically (default: %(default)s)")
+    g.add_argument("--plot", metavar="PATH",
+                   help="PNG plot path (default: --output-json with .png)")
+    g.add_argument("--compare", nargs="+", default=[], metavar="JSON",
+                   help="earlier results files of this tool to include in the table and plot")
+    g.add_argument("--mark", nargs="+", default=[], metavar="LABEL=LENGTH",
+                   help="vertical lines on the plot, e.g. train=128 target=2048")
+
+
+def plot_path(args) -> str:
+    return args.plot or os.path.splitext(args.output_json)[0] + ".png"
+
+
+def model_from_args(args) -> EvalModel:
+    try:
+        rope_scaling = parse_rope_scaling(args.rope_scaling)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return load_model(args.model, rope_scaling=rope_scaling, tokenizer_path=args.tokenizer,
+                      device=args.device, dtype=args.dtype, name=args.name)
+
+
+def model_entry(model: EvalModel) -> dict:
+    return {"name": model.name, "path": os.path.abspath(model.path), "kind": model.kind,
+            "rope_scaling": model.rope_scaling, "device": str(model.device)}

@@ -1,0 +1,410 @@
+"""Load a model and its tokenizer for evaluation, behind one small interface.
+
+Two sources are supported:
+- a HF directory (``config.json`` + weights + tokenizer files), loaded with
+  ``AutoModelForCausalLM`` from local files only and never with ``trust_remote_code``;
+- a pose_megatron checkpoint (recognised by its ``pose_model.json``), loaded with
+  ``pose_megatron.load_megatron_model`` as a Megatron-Core ``GPTModel`` on one process.
+
+Both are wrapped in ``EvalModel``, whose ``logits`` and ``greedy`` are all the protocols use, so
+the passkey and perplexity code never branches on where the model came from.
+
+``--rope-scaling`` overrides (HF dictionary form, e.g. ``{"rope_type": "yarn", "factor": 8,
+"original_max_position_embeddings": 2048}``) are applied to the configuration before the weights
+are loaded: evaluating an unmodified model with position interpolation is a configuration change,
+not a different checkpoint. On a Megatron model the override (or the checkpoint's own scaling)
+is installed with ``pose_megatron.model.enable_pose_rope`` without the position limit that
+training enforces, since evaluation probes lengths beyond the window on purpose.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+from pose_megatron.config import CONFIG_FILENAME
+
+# RoPE types whose HF implementation needs the pretraining window, which we take from the model's
+# own max_position_embeddings when the override does not name it.
+_NEEDS_ORIGINAL_WINDOW = ("yarn", "llama3", "longrope")
+CHECKPOINT_TOKENIZER_SUBDIR = "tokenizer"  # where pose_megatron.convert puts the HF tokenizer
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ----------------------------------------------------------------------------------------------
+# Options parsing
+
+
+def parse_rope_scaling(text: Optional[str]) -> Optional[dict]:
+    """Parse a ``--rope-scaling`` value: a JSON object with "rope_type" (or legacy "type")."""
+    if text is None or text.strip().lower() in ("", "none", "null"):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--rope-scaling is not valid JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--rope-scaling must be a JSON object, got {text!r}")
+    value = dict(value)
+    if "rope_type" not in value and "type" in value:
+        value["rope_type"] = value.pop("type")
+    if "rope_type" not in value:
+        raise ValueError(f"--rope-scaling needs a \"rope_type\" key (e.g. linear, yarn): {text!r}")
+    factor = value.get("factor")
+    if value["rope_type"] != "default" and factor is not None:
+        if not isinstance(factor, (int, float)) or factor <= 0:
+            raise ValueError(f"--rope-scaling factor must be a positive number, got {factor!r}")
+    return value
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the GPU when one is present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is float32 on the CPU (bfloat16 matmuls are slow there) and bfloat16 on a GPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"--dtype must be one of auto, {', '.join(_DTYPES)}; got {name!r}")
+    return _DTYPES[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+@dataclass
+class TextTokenizer:
+    """Text <-> ids without special tokens; the protocols add BOS themselves."""
+
+    encode: Callable[[str], List[int]]
+    decode: Callable[[Sequence[int]], str]
+    bos_id: Optional[int]
+    eos_id: Optional[int]
+    vocab_size: int
+    source: str
+
+
+def load_tokenizer(path: str) -> TextTokenizer:
+    """A sentencepiece ``.model`` file or a HF tokenizer directory."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"tokenizer not found: {path}")
+    if os.path.isfile(path):
+        import sentencepiece as spm
+
+        try:
+            sp = spm.SentencePieceProcessor(model_file=path)
+        except Exception as exc:  # sentencepiece raises bare RuntimeError/OSError
+            raise ValueError(f"{path} is not a sentencepiece model file: {exc}") from None
+
+        def _id_or_none(i: int) -> Optional[int]:
+            return None if i < 0 else int(i)
+
+        return TextTokenizer(
+            encode=lambda text: list(sp.encode(text)),
+            decode=lambda ids: sp.decode([int(i) for i in ids]),
+            bos_id=_id_or_none(sp.bos_id()),
+            eos_id=_id_or_none(sp.eos_id()),
+            vocab_size=int(sp.get_piece_size()),
+            source=path,
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} holds no usable HF tokenizer: {exc}") from None
+    return TextTokenizer(
+        encode=lambda text: list(tok.encode(text, add_special_tokens=False)),
+        decode=lambda ids: tok.decode([int(i) for i in ids], skip_special_tokens=True),
+        bos_id=tok.bos_token_id,
+        eos_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        source=path,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass
+class EvalModel:
+    """What the protocols need from a model.
+
+    ``logits(ids, keep)``: ids [b, s] -> float logits [b, keep, vocab] of the last ``keep``
+    positions (all when ``keep`` is None); positions are 0..s-1.
+    ``greedy(ids, max_new_tokens)``: the greedily generated continuation of one prompt (list of
+    ids), stopping early at EOS.
+    """
+
+    name: str
+    path: str
+    kind: str  # "hf" or "megatron"
+    tokenizer: TextTokenizer
+    device: torch.device
+    logits: Callable[[torch.Tensor, Optional[int]], torch.Tensor]
+    greedy: Callable[[List[int], int], List[int]]
+    rope_scaling: Optional[dict] = None
+    info: dict = field(default_factory=dict)
+    module: Optional[torch.nn.Module] = None  # the underlying model, for inspection
+
+    @property
+    def bos_id(self) -> int:
+        bos = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.info.get("bos")
+        if bos is None:
+            raise ValueError(
+                f"{self.path}: neither the tokenizer ({self.tokenizer.source}) nor the model "
+                "config names a BOS token, which the evaluation windows start with"
+            )
+        return int(bos)
+
+
+def is_megatron_checkpoint(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, CONFIG_FILENAME))
+
+
+def greedy_without_cache(
+    forward_last: Callable[[torch.Tensor], torch.Tensor],
+    prompt: List[int],
+    max_new_tokens: int,
+    eos_id: Optional[int],
+    device: torch.device,
+) -> List[int]:
+    """Greedy decoding by re-running the whole sequence for each new token.
+
+    Used for models without a KV cache interface (Megatron-Core GPTModel here); 10 new tokens
+    cost 10 full forward passes, which is fine for evaluation on modest lengths.
+    ``forward_last(ids [1, s]) -> logits [1, vocab]`` of the last position.
+    """
+    ids = torch.tensor([prompt], dtype=torch.long, device=device)
+    out: List[int] = []
+    for _ in range(max_new_tokens):
+        nxt = int(forward_last(ids).argmax(dim=-1).item())
+        out.append(nxt)
+        if eos_id is not None and nxt == eos_id:
+            break
+        ids = torch.cat([ids, ids.new_tensor([[nxt]])], dim=1)
+    return out
+
+
+def _apply_rope_override(config, rope_scaling: dict) -> None:
+    """Put an HF-form RoPE override into a transformers config (v4 ``rope_scaling`` or v5
+    ``rope_parameters``), keeping the model's own rope_theta."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    override = dict(rope_scaling)
+    kind = override["rope_type"]
+    known = sorted(set(ROPE_INIT_FUNCTIONS) | {"default"})
+    if kind not in known:
+        raise ValueError(f"--rope-scaling rope_type {kind!r} is not one transformers knows: "
+                         f"{', '.join(known)}")
+    if kind in _NEEDS_ORIGINAL_WINDOW:
+        override.setdefault("original_max_position_embeddings", config.max_position_embeddings)
+    if kind in ("linear", "yarn", "llama3") and override.get("factor"):
+        # The extended window, as PI/YaRN checkpoints record it; these types read their
+        # scaling from the override alone, so this only informs generate's length checks.
+        original = override.get("original_max_position_embeddings", config.max_position_embeddings)
+        config.max_position_embeddings = max(config.max_position_embeddings,
+                                             int(round(original * float(override["factor"]))))
+    if hasattr(config, "rope_parameters"):
+        current = dict(getattr(config, "rope_parameters", None) or {})
+        theta = current.get("rope_theta", getattr(config, "rope_theta", None))
+        if theta is not None:
+            override.setdefault("rope_theta", theta)
+        config.rope_parameters = override
+        if hasattr(config, "validate_rope"):
+            config.validate_rope()
+    else:
+        config.rope_scaling = override
+
+
+def load_hf_model(
+    path: str,
+    *,
+    rope_scaling: Optional[dict] = None,
+    tokenizer_path: Optional[str] = None,
+    device: torch.device = torch.device("cpu"),
+    dtype: torch.dtype = torch.float32,
+    name: Optional[str] = None,
+) -> EvalModel:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"{path} is neither a HF model directory (no config.json) nor a pose_megatron "
+            f"checkpoint (no {CONFIG_FILENAME})"
+        )
+    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    if rope_scaling is not None:
+        _apply_rope_override(config, rope_scaling)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, config=config, local_files_only=True, trust_remote_code=False, dtype=dtype
+    )
+    model.to(device).eval()
+    tokenizer = load_tokenizer(tokenizer_path or path)
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    eos = tokenizer.eos_id if tokenizer.eos_id is not None else config.eos_token_id
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+
+    @torch.no_grad()
+    def logits(ids: torch.Tensor, keep: Optional[int] = None) -> torch.Tensor:
+        ids = ids.to(device)
+        if keep is not None and keeps_logits:
+            # Only the scored positions reach the LM head: for long windows on real vocabularies
+            # the full [s, vocab] logits would dominate memory.
+            return model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
+        out = model(input_ids=ids, use_cache=False).logits
+        return out if keep is None else out[:, -keep:]
+
+    @torch.no_grad()
+    def greedy(prompt: List[int], max_new_tokens: int) -> List[int]:
+        ids = torch.tensor([prompt], dtype=torch.long, device=device)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=eos if eos is not None else 0,
+        )
+        return [int(t) for t in out[0, ids.shape[1]:]]
+
+    return EvalModel(
+        name=name or os.path.basename(os.path.normpath(path)),
+        path=path,
+        kind="hf",
+        tokenizer=tokenizer,
+        device=device,
+        logits=logits,
+        greedy=greedy,
+        rope_scaling=rope_scaling,
+        info={"bos": config.bos_token_id, "model_type": config.model_type,
+              "vocab_size": config.vocab_size},
+        module=model,
+    )
+
+
+def load_megatron(
+    path: str,
+    *,
+    tokenizer_path: Optional[str],
+    rope_scaling: Optional[dict] = None,
+    device: torch.device = torch.device("cpu"),
+    dtype: torch.dtype = torch.float32,
+    name: Optional[str] = None,
+) -> EvalModel:
+    import pose_megatron
+    from pose_megatron.config import ModelArgs
+
+    if tokenizer_path is None:
+        # The HF -> Megatron converter copies the HF tokenizer into the checkpoint.
+        tokenizer_path = os.path.join(path, CHECKPOINT_TOKENIZER_SUBDIR)
+        if not os.path.isdir(tokenizer_path):
+            raise ValueError(
+                f"{path} is a Megatron checkpoint without a {CHECKPOINT_TOKENIZER_SUBDIR}/ "
+                "directory: pass --tokenizer (a sentencepiece .model file or a HF tokenizer "
+                "directory)"
+            )
+    args = ModelArgs.load(path)
+    tokenizer = load_tokenizer(tokenizer_path)
+    model = pose_megatron.load_megatron_model(path, device=str(device), dtype=dtype)
+    set_eval_rope(model, args, rope_scaling)
+    return wrap_megatron(model, args, tokenizer, device=device, dtype=dtype, path=path,
+                         name=name, rope_scaling=rope_scaling)
+
+
+def set_eval_rope(model: torch.nn.Module, args, rope_scaling: Optional[dict] = None) -> None:
+    """Give a loaded Megatron model the RoPE of ``rope_scaling`` (or its own) without the
+    position limit training keeps: evaluation probes lengths beyond the window on purpose."""
+    import dataclasses
+
+    from pose_megatron.model import enable_pose_rope
+    from pose_megatron.rotary import RopeSettings
+
+    if rope_scaling is not None:
+        args = dataclasses.replace(args, rope_scaling=dict(rope_scaling))
+    settings = dataclasses.replace(RopeSettings.from_model_args(args), max_position=None)
+    enable_pose_rope(model, settings)
+
+
+def wrap_megatron(
+    model: torch.nn.Module,
+    args,
+    tokenizer: TextTokenizer,
+    *,
+    device: torch.device = torch.device("cpu"),
+    dtype: torch.dtype = torch.float32,
+    path: str = "",
+    name: Optional[str] = None,
+    rope_scaling: Optional[dict] = None,
+) -> EvalModel:
+    """An ``EvalModel`` over a Megatron-Core GPTModel (one process, all layers) described by the
+    ``ModelArgs`` ``args``; its forward is ``model(input_ids, position_ids, attention_mask=None)``
+    and returns logits [b, s, vocab]."""
+    model.to(device=device, dtype=dtype).eval()
+    eos = tokenizer.eos_id if tokenizer.eos_id is not None else args.eos_token_id
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+
+    @torch.no_grad()
+    def logits(ids: torch.Tensor, keep: Optional[int] = None) -> torch.Tensor:
+        ids = ids.to(device)
+        positions = torch.arange(ids.shape[1], device=device).unsqueeze(0).expand_as(ids)
+        out = model(ids, positions, attention_mask=None)
+        # Megatron pads the vocabulary for tensor-parallel divisibility; padded entries are
+        # not tokens and must not take probability mass.
+        out = out[..., : args.vocab_size]
+        return out if keep is None else out[:, -keep:]
+
+    def greedy(prompt: List[int], max_new_tokens: int) -> List[int]:
+        return greedy_without_cache(lambda ids: logits(ids, 1)[:, -1], prompt, max_new_tokens,
+                                    eos, device)
+
+    return EvalModel(
+        name=name or os.path.basename(os.path.normpath(path)) or "megatron",
+        path=path,
+        kind="megatron",
+        tokenizer=tokenizer,
+        device=device,
+        logits=logits,
+        greedy=greedy,
+        rope_scaling=rope_scaling if rope_scaling is not None else args.rope_scaling,
+        info={"bos": args.bos_token_id, "model_type": args.family, "vocab_size": args.vocab_size},
+        module=model,
+    )
+
+
+def load_model(
+    path: str,
+    *,
+    rope_scaling: Optional[dict] = None,
+    tokenizer_path: Optional[str] = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    name: Optional[str] = None,
+) -> EvalModel:
+    """Load ``path`` (HF directory or pose_megatron checkpoint) for evaluation."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--model {path}: no such directory")
+    if not isinstance(device, torch.device):
+        device = resolve_device(device)
+    if not isinstance(dtype, torch.dtype):
+        dtype = resolve_dtype(dtype, device)
+    loader = load_megatron if is_megatron_checkpoint(path) else load_hf_model
+    return loader(path, rope_scaling=rope_scaling, tokenizer_path=tokenizer_path, device=device,
+                  dtype=dtype, name=name)

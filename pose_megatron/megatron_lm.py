@@ -1,0 +1,195 @@
+"""Helpers to PoSE-train inside an existing Megatron-LM ``pretrain_gpt.py`` job.
+
+Four changes to a Megatron-LM script (docs/embedding.md shows the diff):
+  1. ``extra_args_provider=add_pose_args`` adds the ``--pose-*`` flags. Megatron-LM 0.16 takes it
+     as ``pretrain(..., extra_args_provider=...)``; 0.19 builds its config container with
+     ``parse_and_validate_args(extra_args_provider=...)``. Both call ``provider(parser)``.
+  2. ``pose_model_provider(model_provider)`` wraps the job's model provider so every chunk it
+     returns uses position-id-aware RoPE (``pose_megatron.model.enable_pose_rope``).
+  3. ``pose_datasets_provider`` builds ``PoseGPTDataset``s from ``--data-path``.
+  4. ``pose_get_batch`` replaces ``get_batch``: position ids are broadcast over TP, given to every
+     pipeline stage and split over CP like the tokens (stock ``get_batch`` keeps them on the
+     first stage only and has the dataset's 0..L-1).
+
+Arguments are read with ``pose_arg(args, name)``, which finds a field on a flat argparse
+``Namespace`` (0.16) or anywhere one level down in a config container (0.19 groups its fields in
+sub-configs), so the same helpers serve both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from typing import Any, Callable, Optional
+
+from pose_megatron.training.arguments import ROPE_SCALING_TYPES
+
+_MISSING = object()
+
+
+def add_pose_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Megatron-LM ``extra_args_provider``: the PoSE flags not already defined by Megatron-LM.
+
+    Megatron-LM defines some of the same names itself (``--rope-scaling-factor`` for LLaMA 3.1);
+    those keep Megatron-LM's definition and PoSE reads the value from it.
+    """
+    from pose_megatron.positions import CONTENT_OFFSETS, SCHEMES
+
+    existing = set(parser._option_string_actions)  # noqa: SLF001 - argparse has no public query
+    group = parser.add_argument_group("PoSE", "Positional Skip-wise training (pose_megatron)")
+
+    def add(flag, **kwargs):
+        if flag not in existing:
+            group.add_argument(flag, **kwargs)
+
+    add("--pose-train-len", type=int, default=None,
+        help="tokens per PoSE sample (default --seq-length)")
+    add("--pose-target-len", type=int, default=None,
+        help="context length to extend to; position ids stay below it (required)")
+    add("--pose-num-chunks", type=int, default=2, help="chunks per sample (paper: 2)")
+    add("--pose-scheme", choices=SCHEMES, default="reference", help="position sampling scheme")
+    add("--pose-content-offset", choices=CONTENT_OFFSETS, default="random",
+        help="where each chunk's tokens come from in the document")
+    add("--pose-short-docs", choices=("skip", "pack"), default="skip",
+        help="documents shorter than the train length: skip or pack")
+    add("--rope-scaling-type", choices=ROPE_SCALING_TYPES, default="linear",
+        help="RoPE scaling for the extended window")
+    add("--rope-scaling-factor", type=float, default=None,
+        help="RoPE scaling factor (default target / original window)")
+    add("--rope-original-max-position", type=int, default=None,
+        help="original window of the model (default --max-position-embeddings)")
+    return parser
+
+
+def pose_arg(args: Any, name: str, default: Any = _MISSING) -> Any:
+    """``name`` from a flat Namespace or from one level of sub-configs of a config container."""
+    if isinstance(args, dict):
+        if name in args:
+            return args[name]
+        children = list(args.values())
+    else:
+        if hasattr(args, name):
+            return getattr(args, name)
+        children = list(vars(args).values()) if hasattr(args, "__dict__") else []
+    for child in children:
+        if isinstance(child, dict) and name in child:
+            return child[name]
+        if hasattr(child, "__dict__") and not isinstance(child, type) and hasattr(child, name):
+            return getattr(child, name)
+    if default is _MISSING:
+        raise AttributeError(f"Megatron-LM arguments have no {name!r}; was add_pose_args passed "
+                             "as extra_args_provider?")
+    return default
+
+
+def pose_settings(args) -> dict:
+    """The PoSE sampling settings and the RoPE settings of a Megatron-LM run."""
+    seq = pose_arg(args, "seq_length")
+    train_len = pose_arg(args, "pose_train_len", None) or seq
+    target_len = pose_arg(args, "pose_target_len", None)
+    if target_len is None:
+        raise ValueError("--pose-target-len is required for PoSE training")
+    if train_len != seq:
+        raise ValueError(f"--pose-train-len {train_len} must equal --seq-length {seq} (the "
+                         "pipeline schedules size their buffers from --seq-length)")
+    original = (pose_arg(args, "rope_original_max_position", None)
+                or pose_arg(args, "max_position_embeddings", None) or seq)
+    factor = pose_arg(args, "rope_scaling_factor", None) or target_len / original
+    rope_type = pose_arg(args, "rope_scaling_type", "linear")
+    scaling = None
+    if rope_type != "none":
+        scaling = {"rope_type": {"ntk": "dynamic"}.get(rope_type, rope_type),
+                   "factor": float(factor)}
+        if rope_type != "linear":
+            scaling["original_max_position_embeddings"] = int(original)
+    max_position = max(int(round(original * (factor if scaling else 1.0))), original)
+    if target_len > max_position:
+        raise ValueError(f"--pose-target-len {target_len} exceeds the RoPE range {max_position}; "
+                         "raise --rope-scaling-factor")
+    return {
+        "train_len": train_len, "target_len": target_len,
+        "num_chunks": pose_arg(args, "pose_num_chunks", 2),
+        "scheme": pose_arg(args, "pose_scheme", "reference"),
+        "content_offset": pose_arg(args, "pose_content_offset", "random"),
+        "short_docs": pose_arg(args, "pose_short_docs", "skip"),
+        "rope": {"rope_theta": float(pose_arg(args, "rotary_base", 10000)),
+                 "rope_scaling": scaling, "max_position": max_position,
+                 "max_position_embeddings": original},
+    }
+
+
+def _megatron_args():
+    from megatron.training import get_args  # Megatron-LM, not in the megatron-core wheel
+
+    return get_args()
+
+
+def pose_model_provider(model_provider: Callable, get_args: Optional[Callable] = None) -> Callable:
+    """Wrap a Megatron-LM model provider: its models get PoSE's position-id-aware RoPE.
+
+    Works for any provider signature (0.16: ``(pre_process, post_process, vp_stage)``; later
+    versions add arguments): everything is passed through.
+    """
+    from pose_megatron.model import enable_pose_rope
+
+    get_args = get_args or _megatron_args
+
+    @functools.wraps(model_provider)
+    def provider(*args, **kwargs):
+        model = model_provider(*args, **kwargs)
+        return enable_pose_rope(model, pose_settings(get_args())["rope"])
+
+    return provider
+
+
+def dataset_config(args, tokenizer):
+    """PoseDatasetConfig from Megatron-LM arguments (blend, split, seed, cache path, PoSE flags)."""
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    from pose_megatron.data.pose_dataset import PoseDatasetConfig
+
+    s = pose_settings(args)
+    return PoseDatasetConfig(
+        random_seed=pose_arg(args, "seed"), sequence_length=s["train_len"],
+        target_len=s["target_len"], blend=get_blend_from_list(pose_arg(args, "data_path")),
+        split=pose_arg(args, "split", "100,0,0"), tokenizer=tokenizer,
+        path_to_cache=pose_arg(args, "data_cache_path", None), num_chunks=s["num_chunks"],
+        scheme=s["scheme"], content_offset=s["content_offset"], short_docs=s["short_docs"])
+
+
+def pose_datasets_provider(train_val_test_num_samples, vp_stage=None, *, get_args=None,
+                           get_tokenizer=None):
+    """Megatron-LM ``train_valid_test_datasets_provider`` building PoseGPTDatasets."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder)
+
+    from pose_megatron.data.pose_dataset import PoseGPTDataset
+
+    if get_args is None or get_tokenizer is None:
+        from megatron.training import get_args as _get_args, get_tokenizer as _get_tokenizer
+
+        get_args, get_tokenizer = get_args or _get_args, get_tokenizer or _get_tokenizer
+    args = get_args()
+    from megatron.core import parallel_state as ps
+
+    return BlendedMegatronDatasetBuilder(
+        PoseGPTDataset, train_val_test_num_samples,
+        lambda: ps.get_tensor_model_parallel_rank() == 0,
+        dataset_config(args, get_tokenizer())).build()
+
+
+pose_datasets_provider.is_distributed = True  # Megatron-LM: build on every rank that reads
+
+
+def pose_get_batch(data_iterator, vp_stage=None, device: str = "cuda"):
+    """Megatron-LM ``get_batch`` for PoSE: (tokens, labels, loss_mask, attention_mask, position_ids).
+
+    Megatron-LM's data loader yields collated dicts of tensors; TP rank 0 of every stage reads,
+    the other TP ranks receive by broadcast, then the CP split (2*CP load-balanced chunks) is
+    applied to every field, position ids included. Fields a stage does not use are None.
+    """
+    from pose_megatron.training.batch import get_batch
+
+    batch = get_batch(data_iterator, device, vp_stage=vp_stage)
+    return (batch.get("tokens"), batch.get("labels"), batch.get("loss_mask"), None,
+            batch["position_ids"])

@@ -1,0 +1,243 @@
+"""Build a LLaMA-family Megatron-Core GPTModel whose RoPE honours per-sample position ids.
+
+``build_model`` returns a ``PoseGPTModel``: a stock ``GPTModel`` (same modules, same ``state_dict``
+and ``sharded_state_dict`` keys) whose rotary module is ``PoseRotaryEmbedding`` and whose
+``forward`` binds the given ``position_ids`` to it before the stock forward runs. Every pipeline
+stage computes RoPE from the ``position_ids`` its caller passes, so intermediate stages need them
+too (the embedding stage does not forward them).
+
+``enable_pose_rope`` does the same to a model that a Megatron-LM ``model_provider`` already built
+(local or Transformer Engine spec): it swaps the rotary module and installs forward hooks that bind
+``position_ids`` from each call (Megatron's schedules call the module, so the hooks run).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer import TransformerConfig
+
+from pose_megatron.rotary import PoseRotaryEmbedding, RopeSettings, configure_attention_scaling
+
+SPECS = ("auto", "local", "te")
+
+
+def have_transformer_engine() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # an installed-but-broken TE raises more than ImportError
+        return False
+    return True
+
+
+def _parallel_sizes() -> dict:
+    from megatron.core import parallel_state as ps
+
+    if not ps.model_parallel_is_initialized():
+        return {}
+    return dict(
+        tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
+        pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
+        context_parallel_size=ps.get_context_parallel_world_size(),
+    )
+
+
+def model_args_to_transformer_config(args, **overrides) -> TransformerConfig:
+    """A ``TransformerConfig`` for a LLaMA/Mistral/Qwen2 decoder described by ``ModelArgs``.
+
+    Parallel sizes come from Megatron's initialised parallel state; ``overrides`` win over
+    everything (any ``TransformerConfig`` field: ``bf16``, ``sequence_parallel``, recompute...).
+    Fusions default to off, so the CPU runs; turn them on with overrides on a GPU.
+    """
+    on_gpu = torch.cuda.is_available()
+    params_dtype = overrides.get("params_dtype", torch.float32)
+    kwargs = dict(
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        ffn_hidden_size=args.intermediate_size,
+        num_attention_heads=args.num_attention_heads,
+        num_query_groups=args.num_query_groups,
+        kv_channels=args.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=args.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=args.qkv_bias,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=args.init_method_std,
+        rotary_interleaved=args.rotary_interleaved,
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        use_cpu_initialization=not on_gpu,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        **_parallel_sizes(),
+    )
+    kwargs.update(overrides)
+    config = TransformerConfig(**kwargs)
+    # Read by GPTModel for export metadata only; Megatron-LM sets it the same way.
+    config.rotary_base = args.rope_theta
+    return config
+
+
+def _layer_spec(spec: str, config: TransformerConfig):
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    if spec not in SPECS:
+        raise ValueError(f"spec must be one of {SPECS}, got {spec!r}")
+    if spec == "auto":
+        spec = "te" if have_transformer_engine() and torch.cuda.is_available() else "local"
+    if spec == "te":
+        if not have_transformer_engine():
+            raise RuntimeError(
+                "spec='te' needs Transformer Engine (pip install transformer_engine[pytorch] on a "
+                "CUDA machine); use spec='local' here"
+            )
+        return get_gpt_layer_with_transformer_engine_spec()
+    return get_gpt_layer_local_spec(normalization=config.normalization)
+
+
+class PoseGPTModel(GPTModel):
+    """``GPTModel`` whose forward feeds ``position_ids`` to RoPE (and needs no attention mask)."""
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None, *args, **kwargs):
+        """``input_ids``/``position_ids`` ``[b, s]``; ``position_ids=None`` means 0..s-1;
+        ``attention_mask=None`` means causal. Other arguments as ``GPTModel.forward``."""
+        rotary = getattr(self, "rotary_pos_emb", None)
+        if not isinstance(rotary, PoseRotaryEmbedding):
+            return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
+        rotary.bind(position_ids)
+        try:
+            return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
+        finally:
+            rotary.unbind()
+
+
+def build_model(
+    args,
+    *,
+    pre_process: Optional[bool] = None,
+    post_process: Optional[bool] = None,
+    spec: str = "auto",
+    params_dtype: torch.dtype = torch.float32,
+    vp_stage: Optional[int] = None,
+    rope_precision: str = "float32",
+    **config_overrides,
+) -> PoseGPTModel:
+    """This rank's stage of the model, for Megatron's current parallel state.
+
+    ``pre_process``/``post_process`` default to "first/last pipeline stage" (virtual-stage aware);
+    ``rope_precision`` is ``"float32"`` (HF/stock numerics) or ``"float64"`` (the PoSE reference's
+    float64 angle tables, see ``pose_megatron.rotary``).
+    """
+    from megatron.core import parallel_state as ps
+
+    if not ps.model_parallel_is_initialized():
+        raise RuntimeError(
+            "Megatron's parallel state is not initialised; call "
+            "pose_megatron.parallel.initialize(...) before build_model"
+        )
+    config = model_args_to_transformer_config(args, params_dtype=params_dtype, **config_overrides)
+    if pre_process is None:
+        pre_process = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+    if post_process is None:
+        post_process = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+    model = PoseGPTModel(
+        config=config,
+        transformer_layer_spec=_layer_spec(spec, config),
+        vocab_size=args.vocab_size,
+        max_sequence_length=args.max_position,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=args.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=args.rope_theta,
+        vp_stage=vp_stage,
+    )
+    enable_pose_rope(model, RopeSettings.from_model_args(args, rope_precision=rope_precision))
+    return model
+
+
+def _unwrap(model):
+    # DDP, Float16Module and friends keep the real model in `.module`.
+    while not isinstance(model, GPTModel) and hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _bind_from_call(module, args, kwargs):
+    if "position_ids" in kwargs:
+        position_ids = kwargs["position_ids"]
+    else:
+        position_ids = args[1] if len(args) > 1 else None
+    module.rotary_pos_emb.bind(position_ids)
+
+
+def _unbind_after_call(module, args, kwargs, output):
+    module.rotary_pos_emb.unbind()
+
+
+def enable_pose_rope(model, args_or_rope_settings, *, rope_precision: Optional[str] = None):
+    """Switch a Megatron-Core GPTModel (or a list of virtual-pipeline chunks, or a wrapped model)
+    to position-id-aware RoPE in place, and return it.
+
+    ``args_or_rope_settings``: a ``ModelArgs``, a ``RopeSettings`` or a dict of its fields. The
+    model keeps every parameter and its ``state_dict`` keys; only ``rotary_pos_emb`` changes, and
+    the attention scaling of the chosen RoPE type is written into the model's config.
+    """
+    if isinstance(model, (list, tuple)):
+        for chunk in model:
+            enable_pose_rope(chunk, args_or_rope_settings, rope_precision=rope_precision)
+        return model
+    inner = _unwrap(model)
+    if not isinstance(inner, GPTModel):
+        raise TypeError(f"expected a Megatron-Core GPTModel, got {type(inner).__name__}")
+    config = inner.config
+    if getattr(config, "multi_latent_attention", False):
+        raise NotImplementedError("multi-latent attention has its own RoPE; not supported here")
+    if inner.position_embedding_type not in ("rope", "yarn"):
+        raise ValueError(
+            f"the model uses position_embedding_type={inner.position_embedding_type!r}; PoSE needs "
+            f"a RoPE model ('rope' or 'yarn')"
+        )
+    settings = RopeSettings.coerce(args_or_rope_settings)
+    if rope_precision is not None:
+        settings.rope_precision = rope_precision
+    if getattr(config, "fused_single_qkv_rope", False):
+        warnings.warn("fused_single_qkv_rope takes one RoPE table for the batch; turning it off")
+        config.fused_single_qkv_rope = False
+
+    rotary = PoseRotaryEmbedding(
+        config.kv_channels,
+        settings,
+        rotary_percent=getattr(inner, "rotary_percent", 1.0),
+        rotary_interleaved=config.rotary_interleaved,
+        config=config,
+        cp_group=inner.pg_collection.cp if hasattr(inner, "pg_collection") else None,
+    )
+    inner.rotary_pos_emb = rotary
+    # GPTModel's yarn branch unpacks (emb, mscale); ours returns the table and sets mscale below.
+    inner.position_embedding_type = "rope"
+    inner.rotary_pos_emb_cache = {}
+    configure_attention_scaling(config, rotary.attention_scaling, model=inner)
+
+    if not isinstance(inner, PoseGPTModel) and not getattr(inner, "_pose_rope_hooks", None):
+        inner._pose_rope_hooks = (
+            inner.register_forward_pre_hook(_bind_from_call, with_kwargs=True),
+            inner.register_forward_hook(_unbind_after_call, with_kwargs=True, always_call=True),
+        )
+    return model

@@ -1,0 +1,1 @@
+"""PoSE training on Megatron-Core: flags, batch routing, loop, checkpoints, logging."""

@@ -1,0 +1,230 @@
+"""Command-line flags of ``python -m pose_megatron.train``.
+
+Flags keep Megatron-LM's names where Megatron-LM has one, so a Megatron-LM launch script carries
+over; the ``--pose-*`` and ``--rope-scaling-*`` flags are PoSE's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pose_megatron.config import ModelArgs
+
+ROPE_SCALING_TYPES = ("none", "linear", "yarn", "dynamic", "ntk", "llama3")
+
+
+def add_pose_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The PoSE flags; also Megatron-LM's ``extra_args_provider`` (see pose_megatron.megatron_lm)."""
+    from pose_megatron.positions import CONTENT_OFFSETS, SCHEMES
+
+    g = parser.add_argument_group("PoSE", "Positional Skip-wise training (arXiv 2309.10400)")
+    g.add_argument("--pose-train-len", type=int, default=None,
+                   help="tokens per training sample (the paper's L_c, e.g. 2048); default "
+                        "--seq-length")
+    g.add_argument("--pose-target-len", type=int, default=None,
+                   help="context length to extend to (L_t, e.g. 16384); position ids stay below it;"
+                        " default --pose-train-len (plain training)")
+    g.add_argument("--pose-num-chunks", type=int, default=2,
+                   help="chunks per sample (N; the paper uses 2)")
+    g.add_argument("--pose-scheme", choices=SCHEMES, default="reference",
+                   help="how positions are drawn: reference (the authors' code), uniform (the "
+                        "paper's N-chunk form), full (0..L-1), randpos (the RandPos baseline)")
+    g.add_argument("--pose-content-offset", choices=CONTENT_OFFSETS, default="random",
+                   help="where each chunk's tokens come from in the document: random (reference),"
+                        " zero (contiguous), equal_u (content skips like the positions)")
+    g.add_argument("--rope-scaling-type", choices=ROPE_SCALING_TYPES, default=None,
+                   help="RoPE scaling for the extended window (linear = position interpolation, "
+                        "yarn, ...); default: keep the checkpoint's own")
+    g.add_argument("--rope-scaling-factor", type=float, default=None,
+                   help="RoPE scaling factor s; default target_len / original window")
+    g.add_argument("--rope-original-max-position", type=int, default=None,
+                   help="the model's original window for RoPE scaling; default the checkpoint's "
+                        "max_position_embeddings")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pose_megatron.train",
+        description="PoSE context-window extension of a LLaMA-family model on Megatron-Core "
+                    "(tensor, pipeline, context and data parallel). Launch with torchrun for "
+                    "more than one process.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1,
+                   help="ranks that split each layer's matrices (TP)")
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1,
+                   help="pipeline stages (PP); layers are split evenly")
+    g.add_argument("--context-parallel-size", type=int, default=1,
+                   help="ranks that split each sequence (CP; needs Transformer Engine and a GPU)")
+    g.add_argument("--sequence-parallel", action="store_true",
+                   help="split activations outside attention over the TP ranks (GPU + TE only)")
+    g.add_argument("--use-distributed-optimizer", action="store_true",
+                   help="shard optimizer state over data-parallel ranks (GPU only)")
+    g.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="where to run; default cuda when available")
+    g.add_argument("--transformer-impl", choices=("auto", "local", "transformer_engine"),
+                   default="auto",
+                   help="layer implementation: Transformer Engine when importable (auto), or the "
+                        "Megatron-Core local spec")
+
+    g = p.add_argument_group("model (ignored when --load or --model-config gives pose_model.json)")
+    g.add_argument("--model-config", default=None,
+                   help="pose_model.json (or a directory holding one) describing the model")
+    g.add_argument("--num-layers", type=int, default=2, help="transformer layers")
+    g.add_argument("--hidden-size", type=int, default=64, help="hidden size")
+    g.add_argument("--ffn-hidden-size", type=int, default=None, help="MLP size; default 8/3*hidden"
+                   " rounded up to 64")
+    g.add_argument("--num-attention-heads", type=int, default=4, help="attention heads")
+    g.add_argument("--num-query-groups", type=int, default=None,
+                   help="key/value heads (GQA); default = --num-attention-heads")
+    g.add_argument("--vocab-size", type=int, default=256, help="vocabulary size")
+    g.add_argument("--max-position-embeddings", type=int, default=None,
+                   help="the model's original window; default --seq-length")
+    g.add_argument("--rotary-base", type=float, default=10000.0, help="RoPE theta")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data-path", nargs="+", default=None,
+                   help="Megatron blend: 'PREFIX' or 'W1 PREFIX1 W2 PREFIX2 ...' of indexed "
+                        "datasets (.bin/.idx)")
+    g.add_argument("--split", default="100,0,0", help="train,valid,test split of --data-path")
+    g.add_argument("--mock-data", action="store_true",
+                   help="random-token documents instead of --data-path (smoke tests, benchmarks)")
+    g.add_argument("--seq-length", type=int, default=None,
+                   help="sequence length of a sample; PoSE's --pose-train-len wins when set")
+    g.add_argument("--tokenizer-model", default=None,
+                   help="tokenizer of --data-path (sentencepiece .model or HF tokenizer dir); "
+                        "checked against the vocabulary size")
+    g.add_argument("--data-cache-path", default=None,
+                   help="where the sample index of --data-path is cached; default beside the data")
+    g.add_argument("--pose-short-docs", choices=("skip", "pack"), default="skip",
+                   help="documents shorter than --pose-train-len: skip them (the paper) or pack "
+                        "consecutive ones into one sample")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, default=1, help="samples per micro-batch")
+    g.add_argument("--global-batch-size", type=int, default=None,
+                   help="samples per optimizer step over all data-parallel ranks; default "
+                        "micro-batch-size * data-parallel size")
+    g.add_argument("--train-iters", type=int, required=False, default=10,
+                   help="optimizer steps to train for (in total, counting resumed ones)")
+    g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of decay")
+    g.add_argument("--lr-warmup-iters", type=int, default=0, help="linear warm-up steps from 0")
+    g.add_argument("--lr-decay-iters", type=int, default=None,
+                   help="steps over which the lr decays; default --train-iters")
+    g.add_argument("--lr-decay-style", choices=("constant", "linear", "cosine", "inverse-square-root",
+                                                "WSD"), default="linear", help="lr decay shape")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--adam-beta1", type=float, default=0.9, help="Adam beta1")
+    g.add_argument("--adam-beta2", type=float, default=0.95, help="Adam beta2")
+    g.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon")
+    g.add_argument("--clip-grad", type=float, default=1.0, help="global gradient-norm clip (0: off)")
+    g.add_argument("--bf16", action="store_true", help="bf16 weights and compute (GPU)")
+    g.add_argument("--seed", type=int, default=1234, help="seed of weights init and data order")
+    g.add_argument("--recompute-activations", action="store_true",
+                   help="recompute each layer's activations in backward (less memory)")
+
+    g = p.add_argument_group("checkpoints and logging")
+    g.add_argument("--load", default=None,
+                   help="checkpoint directory to start from: a training checkpoint resumes "
+                        "(model, optimizer, scheduler, RNG, data position); a converter release "
+                        "checkpoint loads the model only and starts at iteration 0")
+    g.add_argument("--save", default=None, help="directory to write checkpoints into")
+    g.add_argument("--save-interval", type=int, default=None,
+                   help="save every N steps (and at the end); default only at the end")
+    g.add_argument("--no-save-optim", action="store_true",
+                   help="leave the optimizer state out of checkpoints (smaller, not resumable)")
+    g.add_argument("--log-interval", type=int, default=1, help="steps per log line")
+    g.add_argument("--tensorboard-dir", default=None,
+                   help="write TensorBoard scalars here (when tensorboard is installed)")
+    g.add_argument("--peak-tflops", type=float, default=None,
+                   help="device peak TFLOP/s for the MFU estimate; default known GPUs' bf16 peak")
+    g.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
+    g.add_argument("--log-json", default=None,
+                   help="append every step's metrics (exact loss, lr, grad norm, ...) to this "
+                        "JSON-lines file (rank 0)")
+    add_pose_arguments(p)
+    return p
+
+
+def _fail(parser, message):
+    parser.error(message)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+                 "context_parallel_size", "micro_batch_size", "train_iters", "log_interval",
+                 "pose_num_chunks"):
+        if getattr(args, name) < 1:
+            _fail(parser, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    args.pose_train_len = args.pose_train_len or args.seq_length
+    if args.pose_train_len is None:
+        _fail(parser, "give --pose-train-len (or --seq-length): the tokens per training sample")
+    args.seq_length = args.pose_train_len
+    args.pose_target_len = args.pose_target_len or args.pose_train_len
+    if args.pose_target_len < args.pose_train_len:
+        _fail(parser, f"--pose-target-len {args.pose_target_len} is below --pose-train-len "
+                      f"{args.pose_train_len}")
+    if args.data_path is None and not args.mock_data:
+        _fail(parser, "give --data-path (a Megatron blend) or --mock-data")
+    if args.data_path and args.mock_data:
+        _fail(parser, "--data-path and --mock-data exclude each other")
+    if args.save_interval is not None and args.save_interval < 1:
+        _fail(parser, f"--save-interval must be >= 1, got {args.save_interval}")
+    if args.save_interval and not args.save:
+        _fail(parser, "--save-interval needs --save")
+    if args.load and not os.path.isdir(args.load):
+        _fail(parser, f"--load {args.load}: no such directory")
+    args.lr_decay_iters = args.lr_decay_iters or args.train_iters
+    if args.lr_warmup_iters >= args.lr_decay_iters:
+        _fail(parser, f"--lr-warmup-iters {args.lr_warmup_iters} must be below --lr-decay-iters "
+                      f"(default --train-iters) {args.lr_decay_iters}")
+    return args
+
+
+def _default_ffn(hidden: int) -> int:
+    return ((8 * hidden // 3 + 63) // 64) * 64
+
+
+def rope_scaling_from_args(args, base: ModelArgs) -> dict | None:
+    """The HF-style rope_scaling dict the flags ask for (None: keep ``base``'s)."""
+    if args.rope_scaling_type is None:
+        return base.rope_scaling
+    if args.rope_scaling_type == "none":
+        return None
+    original = args.rope_original_max_position or (
+        (base.rope_scaling or {}).get("original_max_position_embeddings")
+        or base.max_position_embeddings)
+    factor = args.rope_scaling_factor or args.pose_target_len / original
+    if factor < 1:
+        raise ValueError(f"--rope-scaling-factor {factor} is below 1")
+    rope_type = {"ntk": "dynamic"}.get(args.rope_scaling_type, args.rope_scaling_type)
+    scaling = {"rope_type": rope_type, "factor": float(factor)}
+    if rope_type != "linear":  # HF's linear scaling has no such key
+        scaling["original_max_position_embeddings"] = int(original)
+    return scaling
+
+
+def model_args_from(args, loaded: ModelArgs | None = None) -> ModelArgs:
+    """The ModelArgs of this run: a checkpoint's or --model-config's, or the size flags'."""
+    import dataclasses
+
+    if loaded is None and args.model_config:
+        path = args.model_config
+        directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
+        loaded = ModelArgs.load(directory)
+    if loaded is None:
+        loaded = ModelArgs(
+            vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+            intermediate_size=args.ffn_hidden_size or _default_ffn(args.hidden_size),
+            num_layers=args.num_layers, num_attention_heads=args.num_attention_heads,
+            num_query_groups=args.num_query_groups,
+            max_position_embeddings=args.max_position_embeddings or args.pose_train_len,
+            rope_theta=args.rotary_base,
+        )
+    return dataclasses.replace(loaded, rope_scaling=rope_scaling_from_args(args, loaded))

@@ -1,0 +1,256 @@
+"""Atomic, resumable Megatron-Core distributed checkpoints.
+
+Layout (shared with the converters, which write ``release/``)::
+
+    CKPT/pose_model.json                  the ModelArgs
+    CKPT/latest_checkpointed_iteration.txt   "100" (or "release")
+    CKPT/iter_0000100/                    megatron.core.dist_checkpointing of
+        {"model", "optimizer", "opt_param_scheduler", "rng_state", "iteration",
+         "consumed_train_samples", "checkpoint_version", "args"}
+
+Atomicity: every rank writes into ``iter_X.tmp``; only after all ranks finished does rank 0 rename
+it to ``iter_X`` and then rewrite the tracker (temp file + rename). A process killed at any moment
+leaves the tracker naming the last complete checkpoint; stale ``.tmp`` directories are ignored on
+load and replaced on the next save.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pose_megatron.config import CONFIG_FILENAME, ModelArgs
+
+TRACKER = "latest_checkpointed_iteration.txt"
+CHECKPOINT_VERSION = 3.0
+# Test hook: SIGKILL this process right after its shards of iteration N are written, before the
+# rename (what a node failure during a save looks like).
+KILL_DURING_SAVE_ENV = "POSE_TEST_KILL_DURING_SAVE"
+
+
+def iteration_dir(root: str, iteration) -> str:
+    name = "release" if iteration == "release" else f"iter_{int(iteration):07d}"
+    return os.path.join(root, name)
+
+
+def read_tracker(root: str):
+    """The tracker's content: an int iteration, "release", or None when there is none."""
+    path = os.path.join(root, TRACKER)
+    if not os.path.exists(path):
+        return "release" if os.path.isdir(os.path.join(root, "release")) else None
+    text = open(path).read().strip()
+    if text == "release":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{path} holds {text!r}; expected an iteration number or 'release'") \
+            from None
+
+
+def _barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rng_state() -> dict:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    state = {"random": random.getstate(), "np": np.random.get_state(),
+             "torch": torch.get_rng_state(), "tracker": get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    random.setstate(state["random"])
+    np.random.set_state(state["np"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _sharded_rng(state):
+    # One object per (PP, TP) rank: the RNG streams differ there; DP replicas hold copies.
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    return ShardedObject(
+        "rng_state", state,
+        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()),
+        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
+        replica_id=ps.get_data_parallel_rank(with_context_parallel=True),
+    )
+
+
+def _optimizer_metadata(optimizer):
+    if getattr(optimizer.config, "use_distributed_optimizer", False):
+        return {"distrib_optim_sharding_type": "fully_sharded_model_space"}
+    return None
+
+
+def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler, *,
+                    consumed_train_samples: int, model_args: ModelArgs, args: dict | None = None,
+                    save_optim: bool = True) -> str:
+    """Write ``root/iter_{iteration}`` atomically on all ranks; returns its path."""
+    from megatron.core import dist_checkpointing
+
+    final = iteration_dir(root, iteration)
+    tmp = final + ".tmp"
+    if _rank() == 0:
+        os.makedirs(root, exist_ok=True)
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)  # left by a save that was killed
+        os.makedirs(tmp)
+        model_args.save(root)
+    _barrier()
+
+    model_sd = _unwrap(model).sharded_state_dict()
+    state = {
+        "model": model_sd,
+        "iteration": int(iteration),
+        "consumed_train_samples": int(consumed_train_samples),
+        "checkpoint_version": CHECKPOINT_VERSION,
+        "args": dict(args or {}),
+        "rng_state": _sharded_rng(_rng_state()),
+    }
+    if scheduler is not None:
+        state["opt_param_scheduler"] = scheduler.state_dict()
+    if optimizer is not None and save_optim:
+        state["optimizer"] = optimizer.sharded_state_dict(
+            model_sd, metadata=_optimizer_metadata(optimizer))
+    dist_checkpointing.save(state, tmp)
+
+    if os.environ.get(KILL_DURING_SAVE_ENV) == str(iteration):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    _barrier()
+    if _rank() == 0:
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        _write_atomic(os.path.join(root, TRACKER), f"{iteration}\n")
+    _barrier()
+    return final
+
+
+def save_release(root: str, model, model_args: ModelArgs) -> str:
+    """Write a model-only ``root/release`` checkpoint (the converter's layout), atomically.
+
+    A run started with ``--load root`` then begins at iteration 0 from exactly these weights,
+    whatever its TP/PP sizes (dist_checkpointing reshards).
+    """
+    from megatron.core import dist_checkpointing
+
+    final = iteration_dir(root, "release")
+    tmp = final + ".tmp"
+    if _rank() == 0:
+        os.makedirs(root, exist_ok=True)
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        os.makedirs(tmp)
+        model_args.save(root)
+    _barrier()
+    dist_checkpointing.save({"model": _unwrap(model).sharded_state_dict()}, tmp)
+    _barrier()
+    if _rank() == 0:
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_atomic(os.path.join(root, TRACKER), "release\n")
+    _barrier()
+    return final
+
+
+def load_model_args(root: str) -> ModelArgs | None:
+    if os.path.exists(os.path.join(root, CONFIG_FILENAME)):
+        return ModelArgs.load(root)
+    return None
+
+
+def load_checkpoint(root: str, model, optimizer=None, scheduler=None) -> dict:
+    """Load the checkpoint the tracker names into model (and optimizer, scheduler, RNG).
+
+    Returns {"iteration", "consumed_train_samples", "release"}. A ``release`` checkpoint (the
+    converter's output) holds a model only: training starts from iteration 0 with it.
+    """
+    from megatron.core import dist_checkpointing
+
+    tracker = read_tracker(root)
+    if tracker is None:
+        raise FileNotFoundError(
+            f"--load {root}: neither {TRACKER} nor a release/ directory; not a checkpoint "
+            "written by pose_megatron (training or converter)")
+    path = iteration_dir(root, tracker)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{os.path.join(root, TRACKER)} names {tracker}, but {path} is "
+                                "missing")
+    release = tracker == "release"
+    model_sd = _unwrap(model).sharded_state_dict()
+    request = {"model": model_sd}
+    common = dist_checkpointing.load_common_state_dict(path)
+    if not release:
+        request["rng_state"] = _sharded_rng(_rng_state())
+        if optimizer is not None and "optimizer" in _saved_keys(path, common):
+            request["optimizer"] = optimizer.sharded_state_dict(
+                model_sd, is_loading=True, metadata=_optimizer_metadata(optimizer))
+    state = dist_checkpointing.load(request, path)
+    _unwrap(model).load_state_dict(state["model"])
+    if release:
+        return {"iteration": 0, "consumed_train_samples": 0, "release": True}
+    if "optimizer" in request:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and "opt_param_scheduler" in state:
+        scheduler.load_state_dict(state["opt_param_scheduler"])
+    rng = state["rng_state"]
+    _set_rng_state(rng[0] if isinstance(rng, list) else rng)
+    return {"iteration": int(state["iteration"]),
+            "consumed_train_samples": int(state["consumed_train_samples"]), "release": False}
+
+
+def _saved_keys(path: str, common: dict) -> set:
+    from megatron.core import dist_checkpointing
+
+    keys = set(common)
+    try:
+        metadata = dist_checkpointing.load_tensors_metadata(path)
+        keys |= {k.split(".", 1)[0] for k in metadata}
+    except Exception:  # noqa: BLE001 - metadata is only a hint; assume an optimizer is there
+        keys.add("optimizer")
+    return keys

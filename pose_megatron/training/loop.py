@@ -1,0 +1,357 @@
+"""The training loop on Megatron-Core: model chunk, DDP, optimizer, LR schedule, pipeline schedule.
+
+Loss convention (Megatron-LM's current one): each micro-batch returns the *sum* of its token
+losses and its token count; Megatron-Core divides the gradients by the token count of the whole
+global batch (``calculate_per_token_loss``), so the result does not depend on how the global
+batch is cut into micro-batches, data-parallel ranks or context-parallel ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import shutil
+import time
+from typing import Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+from pose_megatron.config import ModelArgs
+from pose_megatron.training import checkpointing, logging_utils
+from pose_megatron.training.arguments import model_args_from
+from pose_megatron.training.batch import get_batch
+from pose_megatron.training.data import (SyntheticPoseDataset, batch_iterator,
+                                         build_megatron_dataset)
+
+
+@dataclasses.dataclass
+class Trainer:
+    args: object
+    device: str
+    model_args: ModelArgs
+    model: torch.nn.Module  # DDP-wrapped chunk
+    optimizer: object
+    scheduler: object
+    dataset: object
+    num_microbatches: int
+    iteration: int = 0
+    consumed_train_samples: int = 0
+    history: list = dataclasses.field(default_factory=list)
+
+
+def _is_te_available() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+        return False
+    return True
+
+
+def check_device_support(args, device: str) -> None:
+    """Refuse, with the flag to change, what cannot run on this device."""
+    if device == "cpu":
+        unsupported = [
+            (args.use_distributed_optimizer, "--use-distributed-optimizer",
+             "Megatron-Core's distributed optimizer asserts CUDA tensors"),
+            (args.sequence_parallel, "--sequence-parallel",
+             "sequence parallelism needs Transformer Engine's LayerNorm"),
+            (args.context_parallel_size > 1, "--context-parallel-size > 1",
+             "context-parallel attention is Transformer Engine's"),
+            (args.bf16, "--bf16", "bf16 training is the GPU path; the CPU path trains in fp32"),
+            (args.transformer_impl == "transformer_engine", "--transformer-impl transformer_engine",
+             "Transformer Engine needs CUDA"),
+        ]
+        for bad, flag, why in unsupported:
+            if bad:
+                raise SystemExit(f"error: {flag} cannot run on the CPU ({why}); drop the flag or "
+                                 "run on a GPU")
+    elif (args.context_parallel_size > 1 or args.sequence_parallel) and not _is_te_available():
+        raise SystemExit("error: --context-parallel-size > 1 and --sequence-parallel need "
+                         "Transformer Engine (import transformer_engine failed)")
+
+
+def _spec(args, device: str) -> str:
+    if args.transformer_impl == "local":
+        return "local"
+    if args.transformer_impl == "transformer_engine":
+        return "te"
+    return "te" if device == "cuda" and _is_te_available() else "local"
+
+
+def build_dataset(args, model_args: ModelArgs, num_samples: int):
+    if args.mock_data:
+        return SyntheticPoseDataset(
+            max(num_samples, 1), model_args.vocab_size, args.pose_train_len, args.pose_target_len,
+            num_chunks=args.pose_num_chunks, scheme=args.pose_scheme,
+            content_offset=args.pose_content_offset, seed=args.seed)
+    return build_megatron_dataset(args, model_args.vocab_size, num_samples)
+
+
+def optimizer_step(optimizer, clip_grad: float, device: str):
+    """One optimizer step; returns (success, grad_norm).
+
+    On GPU: Megatron-Core's own ``optimizer.step()``. On CPU its clip asserts
+    ``torch.cuda.FloatTensor`` grads, so we run the same steps it runs (prepare grads, the global
+    norm over the model-parallel group with TP duplicates counted once, scale, step) and do the
+    in-place scaling with ``torch._foreach_mul_`` instead of its CUDA-typed clip.
+    """
+    if device != "cpu":
+        success, grad_norm, _ = optimizer.step()
+        return success, grad_norm
+    if optimizer.prepare_grads():
+        return False, None
+    grad_norm = optimizer.get_grad_norm()
+    if clip_grad > 0 and grad_norm is not None:
+        coeff = clip_grad / (grad_norm + 1.0e-6)
+        if coeff < 1.0:
+            grads = [p.grad for p in optimizer.get_parameters() if p.grad is not None]
+            torch._foreach_mul_(grads, coeff)
+    return optimizer.step_with_ready_grads(), grad_norm
+
+
+def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    losses = output_tensor.float().reshape(-1)
+    mask = loss_mask.reshape(-1).float()
+    loss_sum = torch.sum(losses * mask)
+    num_tokens = mask.sum().to(torch.int)
+    report = torch.stack([loss_sum.detach(), num_tokens.detach().float()])
+    return loss_sum, num_tokens, {"lm loss": report}
+
+
+def make_forward_step(device: str):
+    def forward_step(data_iterator, model):
+        batch = get_batch(data_iterator, device)
+        # position_ids go to every stage: PoSE's RoPE runs in every layer.
+        output = model(batch.get("tokens"), batch["position_ids"], None,
+                       labels=batch.get("labels"))
+        return output, functools.partial(_loss_func, batch.get("loss_mask"))
+
+    return forward_step
+
+
+def setup(args) -> Trainer:
+    from megatron.core import parallel_state as ps
+    from megatron.core.distributed import (DistributedDataParallel,
+                                           DistributedDataParallelConfig, finalize_model_grads)
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    from pose_megatron import parallel
+
+    device = args.device or parallel.default_device()
+    check_device_support(args, device)
+    parallel.initialize(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                        args.context_parallel_size, device=device, seed=args.seed)
+
+    loaded_args = checkpointing.load_model_args(args.load) if args.load else None
+    model_args = model_args_from(args, loaded_args)
+    if args.pose_target_len > model_args.max_position:
+        raise SystemExit(
+            f"error: --pose-target-len {args.pose_target_len} exceeds the model's RoPE range "
+            f"{model_args.max_position} (original window x rope factor); set "
+            "--rope-scaling-type (linear, yarn, ...) and/or --rope-scaling-factor")
+
+    dp = ps.get_data_parallel_world_size()
+    gbs = args.global_batch_size or args.micro_batch_size * dp
+    if gbs % (args.micro_batch_size * dp):
+        raise SystemExit(f"error: --global-batch-size {gbs} is not a multiple of "
+                         f"--micro-batch-size {args.micro_batch_size} * data-parallel size {dp}")
+    args.global_batch_size = gbs
+    if args.pose_train_len % (2 * args.context_parallel_size) and args.context_parallel_size > 1:
+        raise SystemExit(f"error: --pose-train-len {args.pose_train_len} must be a multiple of "
+                         f"2 * --context-parallel-size = {2 * args.context_parallel_size}")
+
+    params_dtype = torch.bfloat16 if args.bf16 else torch.float32
+    overrides = dict(
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        context_parallel_size=args.context_parallel_size,
+        sequence_parallel=args.sequence_parallel, calculate_per_token_loss=True,
+        # On CPU: one full-size init then split, so any TP size starts from the same weights.
+        use_cpu_initialization=device == "cpu",
+    )
+    if args.recompute_activations:
+        overrides.update(recompute_granularity="full", recompute_method="uniform",
+                         recompute_num_layers=1)
+    from pose_megatron.model import build_model
+
+    chunk = build_model(
+        model_args, pre_process=ps.is_pipeline_first_stage(),
+        post_process=ps.is_pipeline_last_stage(), spec=_spec(args, device),
+        params_dtype=params_dtype, **overrides)
+    chunk.to(device)
+    config = chunk.config
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+        use_distributed_optimizer=args.use_distributed_optimizer)
+    model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk)
+
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam", lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
+            adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
+            # On CPU clipping is done in optimizer_step (Megatron's clip asserts CUDA tensors).
+            clip_grad=args.clip_grad if device != "cpu" else 0.0,
+            bf16=args.bf16, params_dtype=params_dtype,
+            use_distributed_optimizer=args.use_distributed_optimizer),
+        [model])
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=args.lr, min_lr=args.min_lr,
+        lr_warmup_steps=args.lr_warmup_iters, lr_decay_steps=args.lr_decay_iters,
+        lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay,
+        end_wd=args.weight_decay, wd_incr_steps=args.train_iters, wd_incr_style="constant",
+        wsd_decay_steps=max(1, args.lr_decay_iters // 10), lr_wsd_decay_style="linear")
+
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = model.no_sync
+    if args.bf16:
+        config.grad_scale_func = optimizer.scale_loss
+
+    num_micro = gbs // (args.micro_batch_size * dp)
+    trainer = Trainer(args=args, device=device, model_args=model_args, model=model,
+                      optimizer=optimizer, scheduler=scheduler, dataset=None,
+                      num_microbatches=num_micro)
+    if args.load:
+        state = checkpointing.load_checkpoint(args.load, model, optimizer, scheduler)
+        trainer.iteration = state["iteration"]
+        trainer.consumed_train_samples = state["consumed_train_samples"]
+        if dist.get_rank() == 0:
+            what = "model of release checkpoint" if state["release"] else \
+                f"iteration {state['iteration']}"
+            print(f"loaded {what} from {args.load}", flush=True)
+    trainer.dataset = build_dataset(args, model_args, args.train_iters * gbs)
+    return trainer
+
+
+def _data_iterator(trainer: Trainer) -> Optional[Iterator]:
+    from megatron.core import parallel_state as ps
+
+    if ps.get_tensor_model_parallel_rank() != 0:
+        return None
+    return batch_iterator(trainer.dataset, trainer.consumed_train_samples,
+                          trainer.args.micro_batch_size, ps.get_data_parallel_world_size(),
+                          ps.get_data_parallel_rank())
+
+
+def _reduce_losses(losses_reduced: list, device: str) -> tuple:
+    """(sum of token losses, token count) of the global batch, known on every rank."""
+    from megatron.core import parallel_state as ps
+
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for item in losses_reduced:
+        total += item["lm loss"].to(device=device, dtype=torch.float64)
+    if ps.is_pipeline_last_stage():
+        dist.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=True))
+    else:
+        total.zero_()
+    # Only the last stage has the loss; the sum over the pipeline group hands it to all stages.
+    dist.all_reduce(total, group=ps.get_pipeline_model_parallel_group())
+    return float(total[0]), float(total[1])
+
+
+def train_step(trainer: Trainer, data_iterator, forward_backward_func, forward_step) -> dict:
+    args = trainer.args
+    trainer.model.zero_grad_buffer()
+    trainer.optimizer.zero_grad()
+    losses = forward_backward_func(
+        forward_step_func=forward_step, data_iterator=data_iterator, model=[trainer.model],
+        num_microbatches=trainer.num_microbatches, seq_length=args.pose_train_len,
+        micro_batch_size=args.micro_batch_size, decoder_seq_length=args.pose_train_len,
+        forward_only=False)
+    success, grad_norm = optimizer_step(trainer.optimizer, args.clip_grad, trainer.device)
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    if success:
+        trainer.scheduler.step(increment=1)
+    loss_sum, tokens = _reduce_losses(losses, trainer.device)
+    return {"loss": loss_sum / max(tokens, 1.0), "tokens": tokens, "lr": lr,
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "skipped": not success}
+
+
+def save(trainer: Trainer) -> None:
+    args = trainer.args
+    plain = {k: v for k, v in vars(args).items()
+             if isinstance(v, (int, float, str, bool, type(None), list))}
+    checkpointing.save_checkpoint(
+        args.save, trainer.iteration, trainer.model, trainer.optimizer, trainer.scheduler,
+        consumed_train_samples=trainer.consumed_train_samples, model_args=trainer.model_args,
+        args=plain, save_optim=not args.no_save_optim)
+    if dist.get_rank() == 0:
+        # The converter's tokenizer travels with the weights, so back-conversion finds it.
+        src = os.path.join(args.load, "tokenizer") if args.load else None
+        dst = os.path.join(args.save, "tokenizer")
+        if src and os.path.isdir(src) and not os.path.exists(dst):
+            shutil.copytree(src, dst + ".tmp", dirs_exist_ok=True)
+            os.replace(dst + ".tmp", dst)
+        print(f"saved iteration {trainer.iteration} to {args.save}", flush=True)
+
+
+def train(trainer: Trainer) -> list:
+    """Run to --train-iters; returns this run's per-step metrics (also kept in trainer.history)."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    args = trainer.args
+    device = trainer.device
+    forward_backward_func = get_forward_backward_func()
+    forward_step = make_forward_step(device)
+    data_iterator = _data_iterator(trainer)
+    rank0 = dist.get_rank() == 0
+    tb = logging_utils.TensorBoard(args.tensorboard_dir if rank0 else None)
+    peak = logging_utils.peak_tflops(args.peak_tflops)
+    flops_token = logging_utils.flops_per_token(trainer.model_args, args.pose_train_len)
+    world = dist.get_world_size()
+    bar = None
+    if args.progress and rank0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.train_iters, initial=trainer.iteration, desc="train", unit="step")
+
+    window_time, window_tokens, window_steps = 0.0, 0.0, 0
+    while trainer.iteration < args.train_iters:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        metrics = train_step(trainer, data_iterator, forward_backward_func, forward_step)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        step_time = time.perf_counter() - start
+        trainer.iteration += 1
+        trainer.consumed_train_samples += args.global_batch_size
+        metrics.update(iteration=trainer.iteration, step_time_s=step_time)
+        trainer.history.append(metrics)
+        if rank0 and args.log_json:
+            with open(args.log_json, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        window_time += step_time
+        window_tokens += metrics["tokens"]
+        window_steps += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        if trainer.iteration % args.log_interval == 0 or trainer.iteration == args.train_iters:
+            tokens_per_s = window_tokens / max(window_time, 1e-9)
+            line = dict(metrics, step_time_s=window_time / window_steps,
+                        tokens_per_s=tokens_per_s,
+                        memory_gib=logging_utils.peak_memory_gib(device),
+                        mfu=(tokens_per_s * flops_token / (peak * 1e12 * world)) if peak else None)
+            if rank0:
+                text = logging_utils.format_line(trainer.iteration, args.train_iters, line)
+                (bar.write if bar is not None else functools.partial(print, flush=True))(text)
+                tb.log(trainer.iteration, {k: v for k, v in line.items() if v is not None
+                                           and not isinstance(v, bool)})
+            window_time, window_tokens, window_steps = 0.0, 0.0, 0
+        if args.save and args.save_interval and trainer.iteration % args.save_interval == 0:
+            save(trainer)
+        if not math.isfinite(metrics["loss"]):
+            raise FloatingPointError(f"loss is {metrics['loss']} at iteration {trainer.iteration}")
+    ran = bool(trainer.history)
+    if args.save and ran and (not args.save_interval or trainer.iteration % args.save_interval):
+        save(trainer)
+    if bar is not None:
+        bar.close()
+    tb.close()
+    return trainer.history

@@ -1,0 +1,245 @@
+"""Config mapping, RoPE export, tensor layout and the converters' error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from pose_megatron.config import ModelArgs
+from pose_megatron.convert import hf_config, hf_to_megatron, megatron_to_hf, weights
+from tests.test_convert_fixtures import make_hf_model, save_hf_model
+
+ARGS = ModelArgs(family="llama", vocab_size=256, hidden_size=64, intermediate_size=96,
+                 num_layers=4, num_attention_heads=4, num_query_groups=2)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_reads_both_rope_styles_the_same():
+    base = {"architectures": ["LlamaForCausalLM"], "vocab_size": 256, "hidden_size": 64,
+            "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "max_position_embeddings": 2048}
+    v4 = {**base, "rope_theta": 500000.0,
+          "rope_scaling": {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 2048}}
+    v5 = {**base, "rope_parameters": {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 8.0,
+                                      "original_max_position_embeddings": 2048}}
+    a, b = hf_config.args_from_hf_config(v4), hf_config.args_from_hf_config(v5)
+    assert a == b
+    assert a.rope_theta == 500000.0
+    assert a.rope_scaling == {"rope_type": "yarn", "factor": 8.0,
+                              "original_max_position_embeddings": 2048}
+    assert hf_config.args_from_hf_config({**base, "rope_parameters": {
+        "rope_type": "default", "rope_theta": 10000.0}}).rope_scaling is None
+
+
+def test_qwen2_and_mistral_fields():
+    qwen = hf_config.args_from_hf_config({
+        "architectures": ["Qwen2ForCausalLM"], "vocab_size": 256, "hidden_size": 64,
+        "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "sliding_window": 4096, "use_sliding_window": False,
+        "tie_word_embeddings": True})
+    assert (qwen.family, qwen.qkv_bias, qwen.sliding_window, qwen.tie_word_embeddings) == (
+        "qwen2", True, None, True)
+    mistral = hf_config.args_from_hf_config({
+        "architectures": ["MistralForCausalLM"], "vocab_size": 256, "hidden_size": 64,
+        "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 1, "head_dim": 32, "sliding_window": 4096})
+    assert (mistral.head_dim, mistral.num_query_groups, mistral.sliding_window) == (32, 1, 4096)
+
+
+def test_unknown_architecture_is_named():
+    with pytest.raises(ValueError, match=r"cfg.json: unknown architecture \['GPT2LMHeadModel'\]"):
+        hf_config.args_from_hf_config({"architectures": ["GPT2LMHeadModel"]}, "cfg.json")
+
+
+def test_export_rope_native_ntk_and_unknown():
+    args = ModelArgs(**{**ARGS.to_dict(), "rope_scaling": {"rope_type": "linear", "factor": 4.0}})
+    assert hf_config.export_rope(args) == (10000.0, {"rope_type": "linear", "factor": 4.0})
+    ntk = ModelArgs(**{**ARGS.to_dict(), "rope_scaling": {"rope_type": "ntk", "factor": 4.0}})
+    theta, scaling = hf_config.export_rope(ntk)
+    assert scaling is None and theta == pytest.approx(10000.0 * 4.0 ** (16 / 14), rel=1e-15)
+    bad = ModelArgs(**{**ARGS.to_dict(), "rope_scaling": {"rope_type": "mystery", "factor": 2.0}})
+    with pytest.raises(ValueError, match="'mystery'.*no HF equivalent"):
+        hf_config.export_rope(bad)
+
+
+def test_ntk_export_is_bit_identical_in_hf():
+    """HF's default RoPE with the exported theta gives exactly the plugin's NTK frequencies."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from pose_megatron.rope import compute_inv_freq
+
+    ntk = ModelArgs(**{**ARGS.to_dict(), "rope_scaling": {"rope_type": "ntk", "factor": 4.0}})
+    cfg = LlamaConfig(**{k: v for k, v in hf_config.hf_config_from_args(ntk).items()
+                         if k not in ("architectures", "model_type")})
+    rotary = LlamaRotaryEmbedding(cfg)
+    hf_inv, hf_scale = rotary.inv_freq, rotary.attention_scaling
+    ours, scale = compute_inv_freq(16, 10000.0, ntk.rope_scaling, dtype=torch.float32)
+    assert torch.equal(hf_inv.float(), ours) and hf_scale == scale == 1.0
+
+
+def test_yarn_pose_exports_as_longrope_with_per_dimension_factors():
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from pose_megatron.rope import compute_inv_freq
+
+    scaling = {"rope_type": "yarn_pose", "factor": 8.0, "original_max_position_embeddings": 64}
+    args = ModelArgs(**{**ARGS.to_dict(), "max_position_embeddings": 64, "rope_scaling": scaling})
+    theta, hf = hf_config.export_rope(args)
+    assert hf["rope_type"] == "longrope" and hf["short_factor"] == hf["long_factor"]
+    # high frequencies kept (factor 1), low ones interpolated (factor s)
+    assert hf["short_factor"][0] == pytest.approx(1.0) and hf["short_factor"][-1] == pytest.approx(8.0)
+    assert hf["attention_factor"] == pytest.approx(0.1 * torch.log(torch.tensor(8.0)).item() + 1)
+    cfg = LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=64,
+                      rope_parameters={"rope_theta": theta, **hf})
+    want, want_scale = compute_inv_freq(16, theta, scaling, dtype=torch.float64)
+    for seq_len in (None, 512):  # below and beyond the original window
+        inv, attn = ROPE_INIT_FUNCTIONS["longrope"](cfg, "cpu", seq_len=seq_len)
+        assert torch.allclose(inv.double(), want, rtol=1e-6, atol=0)
+        assert attn == pytest.approx(want_scale, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def test_qkv_fuse_puts_each_groups_heads_together_and_inverts():
+    d, h = ARGS.head_dim, ARGS.hidden_size
+    q = torch.arange(4 * d * h, dtype=torch.float32).reshape(4 * d, h)
+    k = -torch.arange(2 * d * h, dtype=torch.float32).reshape(2 * d, h) - 1
+    v = k - 10_000
+    qkv = weights.fuse_qkv(q, k, v, ARGS)
+    assert qkv.shape == (8 * d, h)
+    # group 0: q heads 0,1 then k head 0 then v head 0; group 1 likewise with heads 2,3 / 1
+    assert torch.equal(qkv[:2 * d], q[:2 * d]) and torch.equal(qkv[2 * d:3 * d], k[:d])
+    assert torch.equal(qkv[3 * d:4 * d], v[:d]) and torch.equal(qkv[4 * d:6 * d], q[2 * d:])
+    assert all(torch.equal(a, b) for a, b in zip(weights.split_qkv(qkv, ARGS), (q, k, v)))
+    bias = weights.fuse_qkv(q[:, 0], k[:, 0], v[:, 0], ARGS)
+    assert torch.equal(bias, qkv[:, 0])
+
+
+def test_tp_shard_and_merge_invert_for_every_kind():
+    fc1 = torch.arange(2 * 6 * 3, dtype=torch.float32).reshape(12, 3)  # gate rows 0-5, up 6-11
+    shards = [weights.shard_tp("decoder.layers.0.mlp.linear_fc1.weight", fc1, 2, r) for r in range(2)]
+    assert torch.equal(shards[1], torch.cat([fc1[3:6], fc1[9:12]]))
+    assert torch.equal(weights.merge_tp("decoder.layers.0.mlp.linear_fc1.weight", shards), fc1)
+    proj = torch.randn(4, 6)
+    name = "decoder.layers.1.self_attention.linear_proj.weight"
+    parts = [weights.shard_tp(name, proj, 2, r) for r in range(2)]
+    assert parts[0].shape == (4, 3) and torch.equal(weights.merge_tp(name, parts), proj)
+    norm = torch.randn(6)
+    assert weights.shard_tp("decoder.final_layernorm.weight", norm, 2, 1) is norm
+    with pytest.raises(ValueError, match="different copy"):
+        weights.merge_tp("decoder.final_layernorm.weight", [norm, norm + 1])
+
+
+def test_stage_names_and_local_numbering():
+    names = weights.stage_names(ARGS, 2, 1)
+    assert names[0] == "decoder.layers.2.input_layernorm.weight"
+    assert names[-2:] == ["decoder.final_layernorm.weight", "output_layer.weight"]
+    assert weights.local_name(names[0], ARGS, 2, 1) == "decoder.layers.0.input_layernorm.weight"
+    assert weights.local_name(names[0], ARGS, 2, 1, "te") == \
+        "decoder.layers.0.self_attention.linear_qkv.layer_norm_weight"
+    assert weights.global_name("decoder.layers.1.mlp.linear_fc1.layer_norm_weight", ARGS, 2, 1) == \
+        "decoder.layers.3.pre_mlp_layernorm.weight"
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return save_hf_model(make_hf_model("llama3_untied"), str(tmp_path_factory.mktemp("u") / "hf"))
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def test_parallel_sizes_must_divide(hf_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"--tp 4 does not divide .*num_query_groups \(num_key_value_heads\) 2"):
+        hf_to_megatron(hf_dir, str(tmp_path / "a"), tp=4, fmt="legacy", progress=False)
+    with pytest.raises(ValueError, match="--pp 3 does not divide num_layers 4"):
+        hf_to_megatron(hf_dir, str(tmp_path / "b"), pp=3, fmt="legacy", progress=False)
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
+def test_unknown_architecture_in_dir(hf_dir, tmp_path):
+    bad = _copy(hf_dir, tmp_path / "hf")
+    cfg = json.load(open(os.path.join(bad, "config.json")))
+    cfg["architectures"] = ["FalconForCausalLM"]
+    json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
+    with pytest.raises(ValueError, match=r"config.json: unknown architecture \['FalconForCausalLM'\]"):
+        hf_to_megatron(bad, str(tmp_path / "out"), progress=False)
+
+
+def test_shape_mismatch_names_the_tensor(hf_dir, tmp_path):
+    bad = _copy(hf_dir, tmp_path / "hf")
+    cfg = json.load(open(os.path.join(bad, "config.json")))
+    cfg["intermediate_size"] = 128
+    json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
+    with pytest.raises(ValueError, match=r"shape mismatch for model.layers.0.mlp.gate_proj.weight: "
+                                         r"the checkpoint has \(96, 64\), config.json implies \(128, 64\)"):
+        hf_to_megatron(bad, str(tmp_path / "out"), progress=False)
+
+
+def test_missing_shard_is_named(hf_dir, tmp_path):
+    bad = _copy(hf_dir, tmp_path / "hf")
+    os.remove(os.path.join(bad, "model-00002-of-" + sorted(os.listdir(bad))[-2][-17:]))
+    with pytest.raises(FileNotFoundError, match=r"missing shard file\(s\) \['model-00002-of-"):
+        hf_to_megatron(bad, str(tmp_path / "out"), progress=False)
+
+
+def test_refuses_non_empty_output_without_force(hf_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty; pass --force"):
+        hf_to_megatron(hf_dir, str(out), fmt="legacy", progress=False)
+    assert (out / "keep.txt").read_text() == "x"
+    hf_to_megatron(hf_dir, str(out), fmt="legacy", force=True, progress=False)
+    assert sorted(os.listdir(out)) == ["conversion.json", "latest_checkpointed_iteration.txt",
+                                       "pose_model.json", "release", "tokenizer"]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".out")]  # no temp left behind
+
+
+def test_reverse_refuses_unexportable_rope(hf_dir, tmp_path):
+    mg = tmp_path / "mg"
+    hf_to_megatron(hf_dir, str(mg), fmt="legacy", progress=False)
+    args = ModelArgs.load(str(mg))
+    args.rope_scaling = {"rope_type": "mystery", "factor": 2.0}
+    args.save(str(mg))
+    with pytest.raises(ValueError, match="no HF equivalent"):
+        megatron_to_hf(str(mg), str(tmp_path / "back"), progress=False)
+    assert not os.path.exists(tmp_path / "back")
+
+
+def test_cli_reports_errors_and_help(hf_dir, tmp_path, capsys):
+    from tools import convert_hf_to_megatron as cli
+
+    assert cli.main(["--hf-dir", hf_dir, "--out", str(tmp_path / "o"), "--tp", "3",
+                     "--no-progress"]) == 2
+    assert "--tp 3 does not divide" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "--format" in capsys.readouterr().out
+
+
+def test_tokenizer_files_travel_both_ways(hf_dir, tmp_path):
+    src = _copy(hf_dir, tmp_path / "hf")
+    with open(os.path.join(src, "tokenizer_config.json"), "w") as f:
+        json.dump({"model_max_length": 4096, "bos_token": "<s>"}, f)
+    hf_to_megatron(src, str(tmp_path / "mg"), fmt="legacy", progress=False)
+    assert sorted(os.listdir(tmp_path / "mg/tokenizer")) == ["generation_config.json",
+                                                            "tokenizer_config.json"]
+    megatron_to_hf(str(tmp_path / "mg"), str(tmp_path / "back"), progress=False)
+    for name in ("generation_config.json", "tokenizer_config.json"):
+        assert open(tmp_path / "back" / name).read() == open(os.path.join(src, name)).read()

@@ -1,0 +1,524 @@
+"""Model-level RoPE checks: HF LlamaForCausalLM vs our Megatron-Core GPTModel with the same weights.
+
+The HF -> Megatron weight mapping below is written by hand for the test (the real converter lives
+in pose_megatron/convert/): linear_qkv holds, per query group, [its query heads, k, v]; fc1 is
+cat(gate, up); tensor parallelism splits groups, the fc1 halves, vocab rows and the input columns
+of the row-parallel layers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.distributed import run_distributed
+
+VOCAB, HIDDEN, FFN, LAYERS, HEADS, GROUPS, HEAD_DIM, WINDOW = 256, 64, 128, 2, 4, 2, 16, 256
+TRAIN_LEN = 24
+
+ROPE_CASES = {
+    "default": None,
+    "linear": {"rope_type": "linear", "factor": 4.0},
+    "ntk": {"rope_type": "ntk", "factor": 4.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 4.0},
+    "yarn": {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": WINDOW},
+    "yarn_pose": {"rope_type": "yarn_pose", "factor": 8.0,
+                  "original_max_position_embeddings": WINDOW},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": WINDOW},
+    "longrope": {"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": WINDOW,
+                 "short_factor": [1.0 + 0.05 * i for i in range(HEAD_DIM // 2)],
+                 "long_factor": [1.0 + 0.6 * i for i in range(HEAD_DIM // 2)]},
+}
+
+
+def model_args(name, **kw):
+    from pose_megatron.config import ModelArgs
+
+    scaling = ROPE_CASES[name]
+    window = WINDOW * 4 if name == "longrope" else WINDOW  # LongRoPE: HF window = extended one
+    return ModelArgs(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_layers=LAYERS,
+        num_attention_heads=HEADS, num_query_groups=GROUPS, head_dim=HEAD_DIM,
+        max_position_embeddings=window, rope_theta=10000.0,
+        rope_scaling=dict(scaling) if scaling else None, **kw,
+    )
+
+
+def yarn_pose_float64(dim, base, factor, original, beta_fast=32.0, beta_slow=1.0):
+    """The PoSE reference's revised YaRN, written independently in float64 from its formula."""
+    def corr(rotations):
+        return dim * math.log(original / (2 * math.pi * rotations)) / (2 * math.log(base))
+
+    low, high = max(math.floor(corr(beta_fast)), 0), min(math.ceil(corr(beta_slow)), dim - 1)
+    theta = [base ** (-2 * j / dim) for j in range(dim // 2)]
+    out = []
+    for j, t in enumerate(theta):
+        ramp = min(max((j - low) / (high - low), 0.0), 1.0)
+        gamma = 1 - ramp
+        out.append(t / ((1 - gamma) * factor + gamma))
+    return torch.tensor(out, dtype=torch.float64), 0.1 * math.log(factor) + 1.0
+
+
+def hf_model(name, seed=0):
+    """A random-init fp32 HF LLaMA using rope type `name` (ntk, yarn_pose expressed in HF terms)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    args = model_args(name)
+    scaling = dict(args.rope_scaling or {"rope_type": "default"})
+    theta = args.rope_theta
+    if name == "ntk":  # fixed NTK == HF default RoPE with the enlarged base
+        theta = theta * scaling["factor"] ** (HEAD_DIM / (HEAD_DIM - 2))
+        scaling = {"rope_type": "default"}
+    if name == "yarn_pose":  # HF has no such type: plain RoPE, frequencies replaced below
+        scaling = {"rope_type": "default"}
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=GROUPS, head_dim=HEAD_DIM,
+        max_position_embeddings=args.max_position_embeddings, rms_norm_eps=args.norm_eps,
+        rope_parameters=dict(scaling, rope_theta=theta), tie_word_embeddings=False,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    if name == "yarn_pose":
+        inv_freq, mscale = yarn_pose_float64(HEAD_DIM, args.rope_theta, 8.0, WINDOW)
+        model.model.rotary_emb.inv_freq.copy_(inv_freq.float())
+        model.model.rotary_emb.attention_scaling = mscale
+    return model
+
+
+def hf_to_megatron(hf_state, tp_rank=0, tp_size=1, layer_offset=0, num_local_layers=LAYERS,
+                   pre_process=True, post_process=True):
+    """Hand mapping of HF LLaMA weights onto the Megatron-Core local-spec names of one TP rank."""
+    def rows(t):
+        return t.chunk(tp_size, dim=0)[tp_rank]
+
+    def cols(t):
+        return t.chunk(tp_size, dim=1)[tp_rank]
+
+    heads_per_group = HEADS // GROUPS
+    out = {}
+    if pre_process:
+        out["embedding.word_embeddings.weight"] = rows(hf_state["model.embed_tokens.weight"])
+    for local in range(num_local_layers):
+        hf = f"model.layers.{local + layer_offset}."
+        mg = f"decoder.layers.{local}."
+        q = hf_state[hf + "self_attn.q_proj.weight"].view(GROUPS, heads_per_group * HEAD_DIM, HIDDEN)
+        k = hf_state[hf + "self_attn.k_proj.weight"].view(GROUPS, HEAD_DIM, HIDDEN)
+        v = hf_state[hf + "self_attn.v_proj.weight"].view(GROUPS, HEAD_DIM, HIDDEN)
+        qkv = torch.cat([q, k, v], dim=1)  # per group: [q heads, k, v]
+        out[mg + "self_attention.linear_qkv.weight"] = qkv.chunk(tp_size, dim=0)[tp_rank].reshape(
+            -1, HIDDEN)
+        out[mg + "self_attention.linear_proj.weight"] = cols(hf_state[hf + "self_attn.o_proj.weight"])
+        out[mg + "input_layernorm.weight"] = hf_state[hf + "input_layernorm.weight"]
+        out[mg + "pre_mlp_layernorm.weight"] = hf_state[hf + "post_attention_layernorm.weight"]
+        out[mg + "mlp.linear_fc1.weight"] = torch.cat(
+            [rows(hf_state[hf + "mlp.gate_proj.weight"]), rows(hf_state[hf + "mlp.up_proj.weight"])])
+        out[mg + "mlp.linear_fc2.weight"] = cols(hf_state[hf + "mlp.down_proj.weight"])
+    if post_process:
+        out["decoder.final_layernorm.weight"] = hf_state["model.norm.weight"]
+        out["output_layer.weight"] = rows(hf_state["lm_head.weight"])
+    return out
+
+
+def load_into(model, weights):
+    state = model.state_dict()
+    tensors = {k for k, v in state.items() if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")}
+    assert tensors == set(weights), (sorted(tensors ^ set(weights)))
+    with torch.no_grad():
+        for key, value in weights.items():
+            state[key].copy_(value)
+
+
+def pose_batch(name, batch=3):
+    """PoSE-skipped position ids, one different row per sample, reaching toward the target."""
+    from pose_megatron.positions import pose_position_ids_batch
+
+    target = model_args(name).max_position
+    ids = torch.as_tensor(
+        pose_position_ids_batch(TRAIN_LEN, target, list(range(batch)), seed=11).position_ids)
+    assert len({tuple(r) for r in ids.tolist()}) == batch  # every row its own positions
+    assert ids.max() >= 4 * TRAIN_LEN  # and they skip far beyond the sample length
+    tokens = torch.randint(0, VOCAB, (batch, TRAIN_LEN), generator=torch.Generator().manual_seed(5))
+    return tokens, ids
+
+
+def hf_logits(name, tokens, position_ids):
+    with torch.no_grad():
+        return hf_model(name)(input_ids=tokens, position_ids=position_ids).logits
+
+
+def call(model, *args, **kwargs):
+    """Run a Megatron model on its own device (CPU here, CUDA on a GPU machine); CPU result."""
+    device = next(model.parameters()).device
+    move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    out = model(*map(move, args), **{k: move(v) for k, v in kwargs.items()})
+    return out.float().cpu()
+
+
+def megatron_logits(model, tokens, position_ids, **kw):
+    model.eval()
+    with torch.no_grad():
+        return call(model, tokens, position_ids, runtime_gather_output=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def mp():
+    from pose_megatron import parallel
+
+    parallel.initialize(1, 1)
+    yield
+
+
+# ---------------------------------------------------------------------------------------------
+# TP = 1: every rope type, PoSE-skipped per-sample ids
+
+
+@pytest.mark.parametrize("name", list(ROPE_CASES))
+def test_logits_match_hf_per_sample_positions(mp, name):
+    from pose_megatron.model import build_model
+
+    tokens, pos = pose_batch(name)
+    expected = hf_logits(name, tokens, pos)
+    model = build_model(model_args(name), spec="local")
+    load_into(model, hf_to_megatron(hf_model(name).state_dict()))
+    got = megatron_logits(model, tokens, pos)
+    assert got.shape == expected.shape == (3, TRAIN_LEN, VOCAB)
+    diff = (got - expected).abs().max().item()
+    assert diff <= 1e-4, f"{name}: max |logit diff| {diff}"
+    # The skipped ids mattered: contiguous ids give other logits.
+    assert (megatron_logits(model, tokens, None) - got).abs().max() > 1e-3
+
+
+def test_float64_precision_matches_hf_at_small_positions(mp):
+    from pose_megatron.model import build_model
+
+    tokens, pos = pose_batch("yarn")
+    expected = hf_logits("yarn", tokens, pos)
+    model = build_model(model_args("yarn"), spec="local", rope_precision="float64")
+    load_into(model, hf_to_megatron(hf_model("yarn").state_dict()))
+    diff = (megatron_logits(model, tokens, pos) - expected).abs().max().item()
+    assert diff <= 1e-4
+
+
+def test_training_loss_and_grads_match_hf(mp):
+    # Backward through the per-sample tables: loss and weight gradients equal HF's.
+    from pose_megatron.model import build_model
+
+    name = "yarn_pose"
+    tokens, pos = pose_batch(name)
+    hf = hf_model(name).train()
+    hf_loss = hf(input_ids=tokens, position_ids=pos, labels=tokens).loss
+    hf_loss.backward()
+    model = build_model(model_args(name), spec="local")
+    load_into(model, hf_to_megatron(hf.state_dict()))
+    model.train()
+    labels = torch.cat([tokens[:, 1:], tokens[:, :1]], dim=1)  # Megatron takes shifted labels
+    device = next(model.parameters()).device
+    per_token = model(tokens.to(device), pos.to(device), labels=labels.to(device))  # [b, s]
+    loss = per_token[:, :-1].mean()
+    loss.backward()
+    assert abs(loss.item() - hf_loss.item()) <= 1e-5
+    hf_grad = hf.model.layers[0].self_attn.o_proj.weight.grad
+    grad = model.decoder.layers[0].self_attention.linear_proj.weight.grad.cpu()
+    assert (grad - hf_grad).abs().max() <= 1e-5 * max(1.0, hf_grad.abs().max().item())
+    hf_q = hf.model.layers[1].self_attn.q_proj.weight.grad
+    qkv = model.decoder.layers[1].self_attention.linear_qkv.weight.grad.cpu().view(GROUPS, -1, HIDDEN)
+    q = qkv[:, : (HEADS // GROUPS) * HEAD_DIM].reshape(-1, HIDDEN)
+    assert (q - hf_q).abs().max() <= 1e-5 * max(1.0, hf_q.abs().max().item())
+
+
+def test_position_limit_raises(mp):
+    from pose_megatron.model import build_model
+
+    args = model_args("linear")  # max_position = 4 * 256
+    model = build_model(args, spec="local")
+    tokens = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"position id 1024 is outside .* \[0, 1024\)"):
+        megatron_logits(model, tokens, torch.tensor([[0, 1, 2, 1024]]))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        megatron_logits(model, tokens, torch.tensor([[0, -1, 2, 3]]))
+    megatron_logits(model, tokens, torch.tensor([[0, 1, 2, 1023]]))  # the last legal id
+
+
+def test_state_dict_keys_are_stock(mp):
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    from pose_megatron.model import build_model, model_args_to_transformer_config
+
+    args = model_args("yarn")
+    ours = build_model(args, spec="local")
+    stock = GPTModel(model_args_to_transformer_config(args),
+                     get_gpt_layer_local_spec(normalization="RMSNorm"), vocab_size=VOCAB,
+                     max_sequence_length=args.max_position, position_embedding_type="rope")
+    assert list(ours.state_dict()) == list(stock.state_dict())
+    assert sorted(ours.sharded_state_dict()) == sorted(stock.sharded_state_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# arange positions: bit for bit equal to stock Megatron-Core RoPE
+
+
+def _stock_model(args, position_embedding_type, **gpt_kwargs):
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    from pose_megatron.model import model_args_to_transformer_config
+
+    config = model_args_to_transformer_config(args)
+    scaling = args.rope_scaling or {}
+    if position_embedding_type == "yarn":
+        config.yarn_rotary_scaling_factor = scaling["factor"]
+        config.yarn_original_max_position_embeddings = scaling["original_max_position_embeddings"]
+        config.yarn_beta_fast, config.yarn_beta_slow = 32.0, 1.0
+        config.yarn_mscale, config.yarn_mscale_all_dim = 1.0, 0.0
+        config.yarn_correction_range_round_to_int = True
+    return GPTModel(config, get_gpt_layer_local_spec(normalization="RMSNorm"), vocab_size=VOCAB,
+                    max_sequence_length=args.max_position,
+                    position_embedding_type=position_embedding_type,
+                    rotary_base=args.rope_theta, **gpt_kwargs)
+
+
+STOCK_EQUIVALENTS = {
+    # name -> (rope_scaling, GPTModel position_embedding_type, GPTModel kwargs)
+    "default": (None, "rope", {}),
+    "llama3": ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+               "rope", {"rope_scaling": True, "rope_scaling_factor": 8.0}),
+    "yarn": (ROPE_CASES["yarn"], "yarn", {}),
+}
+
+
+@pytest.mark.parametrize("name", list(STOCK_EQUIVALENTS))
+def test_arange_bit_identical_to_stock(mp, name):
+    from pose_megatron.config import ModelArgs
+    from pose_megatron.model import build_model
+
+    scaling, pe_type, kwargs = STOCK_EQUIVALENTS[name]
+    args = model_args("default")
+    args = ModelArgs(**dict(args.to_dict(), rope_scaling=scaling))
+    weights = hf_to_megatron(hf_model("default").state_dict())
+    stock = _stock_model(args, pe_type, **kwargs)
+    load_into(stock, weights)
+    ours = build_model(args, spec="local")
+    load_into(ours, weights)
+    tokens = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(1))
+    arange = torch.arange(40).expand(2, 40)
+    stock.eval()
+    with torch.no_grad():
+        expected = call(stock, tokens, arange, None)
+    assert torch.equal(megatron_logits(ours, tokens, arange), expected)
+    assert torch.equal(megatron_logits(ours, tokens, None), expected)
+
+
+def test_linear_matches_stock_interpolation_to_rounding(mp):
+    # Stock scales positions by 1/factor, HF (and we) divide inv_freq: same math, other rounding.
+    from pose_megatron.model import build_model
+
+    args = model_args("linear")
+    weights = hf_to_megatron(hf_model("default").state_dict())
+    stock = _stock_model(args, "rope", seq_len_interpolation_factor=4.0)
+    load_into(stock, weights)
+    ours = build_model(args, spec="local")
+    load_into(ours, weights)
+    tokens = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(1))
+    stock.eval()
+    with torch.no_grad():
+        expected = call(stock, tokens, None, None)
+    assert (megatron_logits(ours, tokens, None) - expected).abs().max() <= 1e-5
+
+
+def test_interleaved_layout_matches_hf_with_permuted_heads(mp):
+    # Interleaved RoPE rotates pairs (2i, 2i+1), HF's halves layout pairs (i, i + D/2): the same
+    # model once each head's q/k rows are permuted accordingly.
+    from pose_megatron.model import build_model
+
+    name = "llama3"
+    tokens, pos = pose_batch(name)
+    expected = hf_logits(name, tokens, pos)
+    state = dict(hf_model(name).state_dict())
+    half = torch.arange(HEAD_DIM // 2)
+    perm = torch.stack([half, half + HEAD_DIM // 2], dim=1).flatten()
+    for key in list(state):
+        if key.endswith(("q_proj.weight", "k_proj.weight")):
+            state[key] = state[key].view(-1, HEAD_DIM, HIDDEN)[:, perm].reshape(-1, HIDDEN)
+    args = model_args(name, rotary_interleaved=True)
+    model = build_model(args, spec="local")
+    weights = hf_to_megatron(state)
+    load_into(model, weights)
+    assert (megatron_logits(model, tokens, pos) - expected).abs().max() <= 1e-4
+    # and bit for bit the stock interleaved RoPE at contiguous positions
+    stock = _stock_model(model_args("default", rotary_interleaved=True), "rope")
+    load_into(stock, weights)
+    plain = build_model(model_args("default", rotary_interleaved=True), spec="local")
+    load_into(plain, weights)
+    stock.eval()
+    with torch.no_grad():
+        assert torch.equal(megatron_logits(plain, tokens, None), call(stock, tokens, None, None))
+
+
+def test_enable_pose_rope_on_wrapped_chunks(mp):
+    from pose_megatron.model import enable_pose_rope
+    from pose_megatron.rotary import PoseRotaryEmbedding
+
+    class Wrapper(torch.nn.Module):  # stands for DDP / Float16Module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    args = model_args("yarn_pose")
+    chunks = [Wrapper(_stock_model(args, "rope")), _stock_model(args, "rope")]
+    assert enable_pose_rope(chunks, {"rope_scaling": args.rope_scaling,
+                                     "max_position": args.max_position,
+                                     "rope_precision": "float64"}) is chunks
+    for inner in (chunks[0].module, chunks[1]):
+        assert isinstance(inner.rotary_pos_emb, PoseRotaryEmbedding)
+        assert inner.rotary_pos_emb.precision == "float64"
+        assert inner.config.yarn_mscale is not None
+    with pytest.raises(TypeError, match="expected a Megatron-Core GPTModel"):
+        enable_pose_rope(torch.nn.Linear(2, 2), args)
+
+
+# ---------------------------------------------------------------------------------------------
+# enable_pose_rope on a model a Megatron-LM model_provider built
+
+
+def test_enable_pose_rope_on_stock_model(mp):
+    from pose_megatron.model import enable_pose_rope
+
+    name = "yarn"
+    args = model_args(name)
+    tokens, pos = pose_batch(name)
+    stock = _stock_model(args, "yarn")
+    load_into(stock, hf_to_megatron(hf_model(name).state_dict()))
+    stock.eval()
+    with torch.no_grad():
+        before = call(stock, tokens, None, None)
+    enable_pose_rope(stock, args)
+    with torch.no_grad():
+        assert torch.equal(call(stock, tokens, None, None), before)  # arange: unchanged
+        got = call(stock, tokens, pos, None)  # the hooks bind positional position_ids ...
+        got_kw = call(stock, input_ids=tokens, position_ids=pos, attention_mask=None)  # ... and keyword
+    assert torch.equal(got, got_kw)
+    assert (got - hf_logits(name, tokens, pos)).abs().max() <= 1e-4
+    assert stock.rotary_pos_emb._position_ids is None  # unbound after the call
+
+
+def test_dynamic_warns_in_training(mp):
+    from pose_megatron.model import build_model
+
+    model = build_model(model_args("dynamic"), spec="local")
+    model.train()
+    tokens, pos = pose_batch("dynamic", batch=2)
+    with pytest.warns(UserWarning, match="dynamic NTK"):
+        call(model, tokens, pos)
+
+
+# ---------------------------------------------------------------------------------------------
+# TP = 2 and PP = 2 in two gloo processes
+
+
+def _tp2_body(rank, world):
+    from pose_megatron import parallel
+    from pose_megatron.model import build_model
+
+    parallel.initialize(tensor_model_parallel_size=2)
+    diffs = {}
+    for name in ROPE_CASES:
+        tokens, pos = pose_batch(name)
+        hf = hf_model(name)
+        model = build_model(model_args(name), spec="local")
+        load_into(model, hf_to_megatron(hf.state_dict(), tp_rank=rank, tp_size=2))
+        got = megatron_logits(model, tokens, pos)
+        with torch.no_grad():
+            expected = hf(input_ids=tokens, position_ids=pos).logits
+        diffs[name] = (got - expected).abs().max().item()
+    return diffs
+
+
+def test_logits_match_hf_tp2():
+    results = run_distributed(_tp2_body, 2)
+    for rank_diffs in results:
+        assert set(rank_diffs) == set(ROPE_CASES)
+        for name, diff in rank_diffs.items():
+            assert diff <= 1e-4, f"TP=2 {name}: max |logit diff| {diff}"
+
+
+def _pp2_body(rank, world):
+    import torch.distributed as dist
+
+    from pose_megatron import parallel
+    from pose_megatron.model import build_model
+
+    device = parallel.initialize(pipeline_model_parallel_size=2)
+    out = {}
+    for name in ("yarn", "llama3"):
+        tokens, pos = pose_batch(name)
+        hf = hf_model(name)
+        model = build_model(model_args(name), spec="local")
+        model.eval()
+        assert (model.pre_process, model.post_process) == (rank == 0, rank == 1)
+        load_into(model, hf_to_megatron(hf.state_dict(), layer_offset=rank * LAYERS // 2,
+                                        num_local_layers=LAYERS // 2, pre_process=rank == 0,
+                                        post_process=rank == 1))
+        with torch.no_grad():
+            if rank == 0:
+                hidden = call(model, tokens, pos)  # [s, b, h]
+                dist.send(hidden.to(device).contiguous(), dst=1)
+            else:
+                hidden = torch.empty(TRAIN_LEN, tokens.shape[0], HIDDEN, device=device)
+                dist.recv(hidden, src=0)
+                model.set_input_tensor(hidden)
+                got = call(model, tokens, pos, runtime_gather_output=True)
+                expected = hf(input_ids=tokens, position_ids=pos).logits
+                out[name] = (got - expected).abs().max().item()
+    return out
+
+
+def test_logits_match_hf_pp2_every_stage_uses_position_ids():
+    _, last = run_distributed(_pp2_body, 2)
+    assert set(last) == {"yarn", "llama3"}
+    for name, diff in last.items():
+        assert diff <= 1e-4, f"PP=2 {name}: max |logit diff| {diff}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformer Engine spec (GPU only): unfused per-sample tables, and TE's fused kernel, which
+# takes only [S, 1, 1, D] tables and so serves gathered ids at micro-batch 1.
+
+
+def _te_names(local_weights):
+    # The TE spec fuses each pre-norm into the linear layer that follows it.
+    renames = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+               "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
+    out = {}
+    for key, value in local_weights.items():
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_te_spec_matches_hf_unfused_and_fused(mp):
+    pytest.importorskip("transformer_engine")
+    from pose_megatron.model import build_model
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for name in ("llama3", "yarn"):  # yarn's mscale != 1 makes Megatron fall back to unfused
+        tokens, pos = pose_batch(name)
+        expected = hf_logits(name, tokens, pos)
+        for fusion in (False, True):
+            model = build_model(model_args(name), spec="te", apply_rope_fusion=fusion)
+            load_into(model, _te_names(hf_to_megatron(hf_model(name).state_dict())))
+            diff = (megatron_logits(model, tokens, pos) - expected).abs().max().item()
+            assert diff <= 2e-4, f"TE {name} fusion={fusion} B=3: {diff}"
+            assert model.config.apply_rope_fusion is False  # per-sample tables: unfused apply
+            diff1 = (megatron_logits(model, tokens[:1], pos[:1]) - expected[:1]).abs().max().item()
+            assert diff1 <= 2e-4, f"TE {name} fusion={fusion} B=1: {diff1}"
+            assert model.config.apply_rope_fusion is fusion

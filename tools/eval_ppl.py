@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Sliding-window perplexity vs evaluation length (the PoSE paper's Table 1 protocol).
+
+At each length L, every document is cut into windows of [BOS] + (L-1) tokens that advance by
+--stride tokens; each window scores only the tokens the previous window did not, so every token
+is scored once with up to L-1 tokens of context. Perplexity is exp of the token-weighted mean NLL
+over all documents. Prints a table, writes a JSON file and a PNG plot of perplexity vs length.
+The window math is documented in pose_megatron/eval/perplexity.py.
+
+Data: Megatron .bin/.idx prefixes (tokenised with the model's tokenizer), .jsonl files (one
+document per line, field --text-field) or plain text files (one document each).
+
+Example:
+  python tools/eval_ppl.py --model out/pose-yarn-hf --data data/val_text_document \\
+      --lengths 128 512 1k 2k --stride 64 --num-docs 20 --output-json results/ppl_pose.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from tqdm import tqdm  # noqa: E402
+
+from pose_megatron.eval import cli  # noqa: E402
+from pose_megatron.eval.documents import load_documents  # noqa: E402
+from pose_megatron.eval.perplexity import perplexity  # noqa: E402
+from pose_megatron.eval.plots import plot_curves  # noqa: E402
+from pose_megatron.eval.report import format_table, read_results, write_json  # noqa: E402
+
+TOOL = "eval_ppl"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    cli.add_model_arguments(p)
+    g = p.add_argument_group("protocol")
+    g.add_argument("--data", nargs="+", default=[], metavar="PATH",
+                   help="evaluation documents: Megatron prefixes (PREFIX, PREFIX.bin or "
+                        "PREFIX.idx), .jsonl files or text files")
+    g.add_argument("--text-field", default="text",
+                   help="JSON field holding the text in .jsonl files (default: %(default)s)")
+    g.add_argument("--lengths", nargs="+", default=[], metavar="L",
+                   help="evaluation lengths (window sizes in tokens, BOS included; space or "
+                        "comma separated; '2k' = 2048)")
+    g.add_argument("--stride", type=int, default=1024,
+                   help="tokens a window advances by (default: %(default)s, the paper's Table 1). "
+                        "At a length L <= stride the windows cannot overlap and the stride "
+                        "becomes L-1 (non-overlapping windows); the JSON records the stride used")
+    g.add_argument("--num-docs", type=int, default=None,
+                   help="evaluate the first N documents that pass --min-doc-tokens "
+                        "(default: all)")
+    g.add_argument("--min-doc-tokens", type=int, default=1,
+                   help="skip documents shorter than this (default: %(default)s)")
+    g.add_argument("--max-doc-tokens", type=int, default=None,
+                   help="truncate documents to this many tokens (default: no truncation)")
+    cli.add_output_arguments(p, "ppl")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.model is None and not args.compare:
+        raise SystemExit("error: give --model (to evaluate) and/or --compare (to re-plot)")
+    if args.stride < 1:
+        raise SystemExit(f"error: --stride must be >= 1, got {args.stride}")
+    for flag in ("num_docs", "max_doc_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be >= 1, got {value}")
+    try:
+        lengths = cli.parse_lengths(args.lengths) if args.model else []
+        marks = cli.parse_marks(args.mark)
+        entries = [m for path in args.compare for m in read_results(path, TOOL)]
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if args.model and not args.data:
+        raise SystemExit("error: --data is required with --model")
+    if lengths and min(lengths) < 2:
+        raise SystemExit(f"error: --lengths must be >= 2 (BOS + one token), got {min(lengths)}")
+
+    if args.model:
+        try:
+            model = cli.model_from_args(args)
+            bos = model.bos_id
+            tok = model.tokenizer
+            docs = load_documents(
+                args.data, tok.encode,
+                vocab_size=model.info.get("vocab_size") or tok.vocab_size,
+                bos_id=tok.bos_id, eos_id=tok.eos_id, text_field=args.text_field,
+                min_tokens=args.min_doc_tokens, max_tokens=args.max_doc_tokens,
+                max_documents=args.num_docs,
+            )
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"error: {exc}") from None
+        if not docs:
+            raise SystemExit(f"error: no document in {args.data} has >= {args.min_doc_tokens} "
+                             "tokens")
+        print(f"{len(docs)} documents, {sum(len(d) for d in docs)} tokens", file=sys.stderr)
+        results = []
+        start = time.time()
+        for length in lengths:
+            stride = min(args.stride, length - 1)
+            if stride != args.stride:
+                print(f"length {length}: --stride {args.stride} would skip tokens; using "
+                      f"{stride} (non-overlapping windows)", file=sys.stderr)
+            res = perplexity(
+                model.logits, docs, length, stride, bos,
+                progress=lambda it, L=length: tqdm(it, desc=f"{model.name} ppl@{L}",
+                                                   unit="window", file=sys.stderr, leave=False),
+            )
+            print(f"{model.name} length {length}: ppl {res.ppl:.4f} over {res.n_tokens} tokens",
+                  file=sys.stderr)
+            results.append(res.to_dict())
+        entry = cli.model_entry(model)
+        entry.update(data=[os.path.abspath(d) for d in args.data], documents=len(docs),
+                     min_doc_tokens=args.min_doc_tokens, max_doc_tokens=args.max_doc_tokens,
+                     seconds=round(time.time() - start, 2), results=results)
+        entries.append(entry)
+
+    all_lengths = sorted({r["length"] for e in entries for r in e["results"]})
+    by_model = [{r["length"]: r for r in e["results"]} for e in entries]
+    rows = [[L] + [f"{m[L]['ppl']:.3f}" if L in m else "-" for m in by_model]
+            for L in all_lengths]
+    print(format_table(["length"] + [f"{e['name']} ppl" for e in entries], rows))
+
+    write_json({"tool": TOOL, "models": entries}, args.output_json)
+    png = plot_curves(
+        {e["name"]: [(r["length"], r["ppl"]) for r in e["results"]] for e in entries},
+        cli.plot_path(args), xlabel="evaluation length (tokens)", ylabel="perplexity",
+        title="Sliding-window perplexity", log_y=True, vlines=marks,
+    )
+    print(f"wrote {args.output_json} and {png}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
