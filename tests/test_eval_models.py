@@ -63,8 +63,9 @@ def test_linear_override_equals_interpolated_positions(tiny_hf_dir):  # noqa: F8
     got = scaled.logits(ids)
     assert torch.equal(got, expected)
     assert (got - plain).abs().max() > 1e-3
-    # Only the last positions reach the LM head when asked.
-    assert torch.equal(scaled.logits(ids, 7), expected[:, -7:])
+    # Only the last positions reach the LM head when asked. A [7, h] matmul rounds differently
+    # from the [50, h] one on some BLAS builds, so equal to float32 rounding, not bit for bit.
+    torch.testing.assert_close(scaled.logits(ids, 7), expected[:, -7:], rtol=0, atol=1e-6)
     assert scaled.rope_scaling == {"rope_type": "linear", "factor": 4.0}
 
 

@@ -47,8 +47,8 @@ def _run(tmp_path, name, extra, env_extra=None):
 
 
 def test_kill_during_save_then_resume_matches_uninterrupted(tmp_path):
-    _, straight = _run(tmp_path, "straight", [])
-    assert [s["iteration"] for s in straight] == [1, 2, 3, 4, 5, 6]
+    ran, straight = _run(tmp_path, "straight", [])
+    assert [s["iteration"] for s in straight] == [1, 2, 3, 4, 5, 6], ran.stderr_text[-3000:]
 
     ckpt = tmp_path / "ckpt"
     save = ["--save", str(ckpt), "--save-interval", "2"]
@@ -74,6 +74,13 @@ def test_kill_during_save_then_resume_matches_uninterrupted(tmp_path):
     assert sorted(p.name for p in ckpt.iterdir()) == [
         "iter_0000002", "iter_0000004", "iter_0000006", "latest_checkpointed_iteration.txt",
         "pose_model.json"]
+
+    # --finetune takes the weights only: a new run from iteration 1, with a fresh schedule.
+    tuned_proc, tuned = _run(tmp_path, "finetune", ["--load", str(ckpt), "--finetune"])
+    assert tuned_proc.returncode == 0, tuned_proc.stderr_text[-2000:]
+    assert [s["iteration"] for s in tuned] == [1, 2, 3, 4, 5, 6]
+    assert tuned[0]["lr"] == straight[0]["lr"] == 0.0  # warm-up starts again
+    assert tuned[0]["loss"] != straight[0]["loss"]  # but from the trained weights
 
 
 def test_tracker_reading(tmp_path):

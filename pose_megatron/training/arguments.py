@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint directory to start from: a training checkpoint resumes "
                         "(model, optimizer, scheduler, RNG, data position); a converter release "
                         "checkpoint loads the model only and starts at iteration 0")
+    g.add_argument("--finetune", action="store_true",
+                   help="with --load: take only the model weights of a training checkpoint and "
+                        "start a new run at iteration 0 (fresh optimizer, scheduler and data "
+                        "order), as Megatron-LM's --finetune does")
     g.add_argument("--save", default=None, help="directory to write checkpoints into")
     g.add_argument("--save-interval", type=int, default=None,
                    help="save every N steps (and at the end); default only at the end")
@@ -178,6 +182,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         _fail(parser, f"--save-interval must be >= 1, got {args.save_interval}")
     if args.save_interval and not args.save:
         _fail(parser, "--save-interval needs --save")
+    if args.finetune and not args.load:
+        _fail(parser, "--finetune needs --load (the checkpoint whose weights start the run)")
     if args.load and not os.path.isdir(args.load):
         _fail(parser, f"--load {args.load}: no such directory")
     args.lr_decay_iters = args.lr_decay_iters or args.train_iters

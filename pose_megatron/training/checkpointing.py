@@ -204,11 +204,14 @@ def load_model_args(root: str) -> ModelArgs | None:
     return None
 
 
-def load_checkpoint(root: str, model, optimizer=None, scheduler=None) -> dict:
+def load_checkpoint(root: str, model, optimizer=None, scheduler=None, *,
+                    finetune: bool = False) -> dict:
     """Load the checkpoint the tracker names into model (and optimizer, scheduler, RNG).
 
     Returns {"iteration", "consumed_train_samples", "release"}. A ``release`` checkpoint (the
-    converter's output) holds a model only: training starts from iteration 0 with it.
+    converter's output) holds a model only: training starts from iteration 0 with it. With
+    ``finetune`` a training checkpoint is treated the same way (Megatron-LM's ``--finetune``):
+    its weights start a new run, its optimizer, scheduler, RNG and data position are not read.
     """
     from megatron.core import dist_checkpointing
 
@@ -221,7 +224,7 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None) -> dict:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{os.path.join(root, TRACKER)} names {tracker}, but {path} is "
                                 "missing")
-    release = tracker == "release"
+    release = tracker == "release" or finetune
     model_sd = _unwrap(model).sharded_state_dict()
     request = {"model": model_sd}
     common = dist_checkpointing.load_common_state_dict(path)

@@ -17,9 +17,10 @@ from pose_megatron.training.batch import collate
 class SyntheticPoseDataset:
     """Random-token documents cut into PoSE samples; item ``i`` depends only on (seed, i).
 
-    Each item is a dict of numpy arrays of length ``train_len``: ``tokens``, ``labels`` (the
-    document token after each sample token, so the boundary between chunks is not masked, as in
-    the reference), ``loss_mask`` (ones) and ``position_ids``.
+    Each item is a dict of numpy arrays of length ``train_len``, with the contract of
+    ``pose_megatron.data.pose_dataset``: ``tokens``, ``labels`` (``labels[j] = tokens[j+1]``, so the
+    last token of a chunk predicts the first of the next, unmasked, as in the reference; the last
+    label is the document token after the last chunk), ``loss_mask`` (ones) and ``position_ids``.
     """
 
     def __init__(self, num_samples: int, vocab_size: int, train_len: int, target_len: int, *,
@@ -54,9 +55,10 @@ class SyntheticPoseDataset:
             self.train_len, self.target_len, doc_len=self.doc_len, num_chunks=self.num_chunks,
             scheme=self.scheme, content_offset=self.content_offset, seed=self.seed, index=index)
         src = sample.token_index
+        tokens = doc[src]
         return {
-            "tokens": doc[src],
-            "labels": doc[src + 1],
+            "tokens": tokens,
+            "labels": np.append(tokens[1:], doc[src[-1] + 1]),
             "loss_mask": np.ones(len(src), dtype=np.float32),
             "position_ids": sample.position_ids.astype(np.int64),
         }

@@ -216,7 +216,8 @@ def setup(args) -> Trainer:
                       optimizer=optimizer, scheduler=scheduler, dataset=None,
                       num_microbatches=num_micro)
     if args.load:
-        state = checkpointing.load_checkpoint(args.load, model, optimizer, scheduler)
+        state = checkpointing.load_checkpoint(args.load, model, optimizer, scheduler,
+                                               finetune=args.finetune)
         trainer.iteration = state["iteration"]
         trainer.consumed_train_samples = state["consumed_train_samples"]
         if dist.get_rank() == 0:
