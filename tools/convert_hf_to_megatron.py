@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="legacy format only: state-dict names of Megatron's local spec "
                         "(input_layernorm) or Transformer Engine spec (fused layer_norm_weight)")
     p.add_argument("--tokenizer", default=None,
-                   help="directory whose tokenizer files to copy (default: --hf-dir's)")
+                   help="tokenizer directory (or sentencepiece .model file) to copy (default: --hf-dir's)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

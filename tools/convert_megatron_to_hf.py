@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shard-size", default="5GB",
                    help="largest safetensors shard, e.g. 5GB, 500MB (default 5GB)")
     p.add_argument("--tokenizer", default=None,
-                   help="directory whose tokenizer files to copy (default: the checkpoint's tokenizer/)")
+                   help="tokenizer directory (or sentencepiece .model file) to copy (default: the checkpoint's tokenizer/)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

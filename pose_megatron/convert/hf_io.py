@@ -192,11 +192,19 @@ class HFWriter:
 
 
 def copy_tokenizer(src: Optional[str], dst: str) -> Tuple[str, ...]:
-    """Copy the tokenizer files found in ``src`` to ``dst``; returns the names copied."""
+    """Copy the tokenizer files found in ``src`` to ``dst``; returns the names copied.
+
+    ``src`` is a tokenizer directory, or a single sentencepiece ``.model`` file (LLaMA-1/2 style),
+    which lands as ``tokenizer.model``.
+    """
     if not src:
         return ()
+    if os.path.isfile(src) and src.endswith(".model"):
+        shutil.copy2(src, os.path.join(dst, "tokenizer.model"))
+        return ("tokenizer.model",)
     if not os.path.isdir(src):
-        raise FileNotFoundError(f"--tokenizer {src}: not a directory")
+        raise FileNotFoundError(
+            f"--tokenizer {src}: neither a tokenizer directory nor a sentencepiece .model file")
     copied = []
     for name in TOKENIZER_FILES:
         path = os.path.join(src, name)
