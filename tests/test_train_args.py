@@ -76,3 +76,22 @@ def test_parameter_count_and_flops_match_the_built_model():
                                "step_time_s": 0.25, "memory_gib": 1.5, "mfu": 0.4})
     assert line == ("iter      3/10 | loss 2.500000 | lr 1.000e-04 | grad_norm n/a | "
                     "tokens/s 100 | step 250.0 ms | mem 1.50 GiB | mfu 40.0%")
+
+
+@pytest.mark.parametrize("flag", ["ntk", "yarn_pose", "yarn", "linear"])
+def test_rope_flag_keeps_its_type(flag):
+    # "ntk" must stay the fixed NTK of the PoSE reference: HF's dynamic NTK never activates on
+    # short PoSE windows, so mapping one to the other would silently train without scaling.
+    from pose_megatron.config import ModelArgs
+    from pose_megatron.rope import compute_inv_freq
+    from pose_megatron.training.arguments import parse_args, rope_scaling_from_args
+
+    args = parse_args(["--mock-data", "--pose-train-len", "64", "--pose-target-len", "512",
+                       "--rope-scaling-type", flag])
+    base = ModelArgs(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
+                     num_attention_heads=4, max_position_embeddings=64)
+    scaling = rope_scaling_from_args(args, base)
+    assert scaling["rope_type"] == flag and scaling["factor"] == 8.0
+    inv_freq, _ = compute_inv_freq(16, 10000.0, scaling, max_position_embeddings=64)
+    plain, _ = compute_inv_freq(16, 10000.0, None)
+    assert float(inv_freq[-1]) < float(plain[-1]) / 2  # the slowest frequency really is scaled

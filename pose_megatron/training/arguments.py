@@ -11,7 +11,7 @@ import os
 
 from pose_megatron.config import ModelArgs
 
-ROPE_SCALING_TYPES = ("none", "linear", "yarn", "dynamic", "ntk", "llama3")
+ROPE_SCALING_TYPES = ("none", "linear", "ntk", "yarn", "yarn_pose", "dynamic", "llama3")
 
 
 def add_pose_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -34,8 +34,11 @@ def add_pose_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                    help="where each chunk's tokens come from in the document: random (reference),"
                         " zero (contiguous), equal_u (content skips like the positions)")
     g.add_argument("--rope-scaling-type", choices=ROPE_SCALING_TYPES, default=None,
-                   help="RoPE scaling for the extended window (linear = position interpolation, "
-                        "yarn, ...); default: keep the checkpoint's own")
+                   help="RoPE scaling for the extended window: linear (position interpolation), "
+                        "ntk (fixed NTK-aware base, the PoSE reference's), yarn (HF's), "
+                        "yarn_pose (the PoSE reference's revised YaRN), dynamic (dynamic NTK: "
+                        "for evaluation; inactive on short PoSE windows), llama3, none; "
+                        "default: keep the checkpoint's own")
     g.add_argument("--rope-scaling-factor", type=float, default=None,
                    help="RoPE scaling factor s; default target_len / original window")
     g.add_argument("--rope-original-max-position", type=int, default=None,
@@ -209,7 +212,9 @@ def rope_scaling_from_args(args, base: ModelArgs) -> dict | None:
     factor = args.rope_scaling_factor or args.pose_target_len / original
     if factor < 1:
         raise ValueError(f"--rope-scaling-factor {factor} is below 1")
-    rope_type = {"ntk": "dynamic"}.get(args.rope_scaling_type, args.rope_scaling_type)
+    # "ntk" is the PoSE reference's fixed NTK (base * s^(d/(d-2))), not HF's dynamic NTK, which
+    # is keyed on sequence length and so never activates on short PoSE training windows.
+    rope_type = args.rope_scaling_type
     scaling = {"rope_type": rope_type, "factor": float(factor)}
     if rope_type != "linear":  # HF's linear scaling has no such key
         scaling["original_max_position_embeddings"] = int(original)
