@@ -22,7 +22,7 @@ import argparse
 import functools
 from typing import Any, Callable, Optional
 
-from pose_megatron.training.arguments import ROPE_SCALING_TYPES
+from pose_megatron.training.arguments import ROPE_SCALING_TYPES, rope_scaling_dict
 
 _MISSING = object()
 
@@ -96,12 +96,7 @@ def pose_settings(args) -> dict:
                 or pose_arg(args, "max_position_embeddings", None) or seq)
     factor = pose_arg(args, "rope_scaling_factor", None) or target_len / original
     rope_type = pose_arg(args, "rope_scaling_type", "linear")
-    scaling = None
-    if rope_type != "none":
-        scaling = {"rope_type": {"ntk": "dynamic"}.get(rope_type, rope_type),
-                   "factor": float(factor)}
-        if rope_type != "linear":
-            scaling["original_max_position_embeddings"] = int(original)
+    scaling = rope_scaling_dict(rope_type, factor, original)
     max_position = max(int(round(original * (factor if scaling else 1.0))), original)
     if target_len > max_position:
         raise ValueError(f"--pose-target-len {target_len} exceeds the RoPE range {max_position}; "

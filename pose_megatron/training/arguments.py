@@ -212,9 +212,17 @@ def rope_scaling_from_args(args, base: ModelArgs) -> dict | None:
     factor = args.rope_scaling_factor or args.pose_target_len / original
     if factor < 1:
         raise ValueError(f"--rope-scaling-factor {factor} is below 1")
-    # "ntk" is the PoSE reference's fixed NTK (base * s^(d/(d-2))), not HF's dynamic NTK, which
-    # is keyed on sequence length and so never activates on short PoSE training windows.
-    rope_type = args.rope_scaling_type
+    return rope_scaling_dict(args.rope_scaling_type, factor, int(original))
+
+
+def rope_scaling_dict(rope_type: str, factor: float, original: int) -> dict | None:
+    """HF-style rope_scaling for a --rope-scaling-type flag (None for "none").
+
+    "ntk" stays the PoSE reference's fixed NTK (base * s^(d/(d-2))), not HF's dynamic NTK, which
+    is keyed on sequence length and so never activates on short PoSE training windows.
+    """
+    if rope_type == "none":
+        return None
     scaling = {"rope_type": rope_type, "factor": float(factor)}
     if rope_type != "linear":  # HF's linear scaling has no such key
         scaling["original_max_position_embeddings"] = int(original)
