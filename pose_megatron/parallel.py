@@ -53,14 +53,13 @@ def initialize(
         raise RuntimeError("device='cuda' was asked for but torch sees no CUDA device")
 
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(free_port()))
-            os.environ["RANK"] = "0"
-            os.environ["WORLD_SIZE"] = "1"
+        backend = "nccl" if device == "cuda" else "gloo"
         if device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+        if "RANK" in os.environ:
+            dist.init_process_group(backend=backend)
+        else:
+            _init_single_process(backend)
 
     world = dist.get_world_size()
     model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size * context_parallel_size
@@ -78,6 +77,23 @@ def initialize(
         )
     model_parallel_cuda_manual_seed(seed)
     return device
+
+
+def _init_single_process(backend: str, attempts: int = 5) -> None:
+    # A port found free can be taken by another process before we bind it; a one-process group
+    # may simply pick another, as long as the user did not name one.
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["RANK"], os.environ["WORLD_SIZE"] = "0", "1"
+    chosen = "MASTER_PORT" not in os.environ
+    for attempt in range(attempts):
+        if chosen:
+            os.environ["MASTER_PORT"] = str(free_port())
+        try:
+            dist.init_process_group(backend=backend)
+            return
+        except dist.DistNetworkError as err:
+            if not chosen or "EADDRINUSE" not in str(err) or attempt == attempts - 1:
+                raise
 
 
 def destroy() -> None:

@@ -130,7 +130,7 @@ def test_collate_checks_fields_and_lengths():
         collate([item, short])
 
 
-def test_synthetic_sample_is_pose_and_labels_follow_document():
+def test_synthetic_sample_is_pose_and_labels_are_next_sample_tokens():
     dataset = SyntheticPoseDataset(8, 1000, 32, 256, seed=1)
     item = dataset[3]
     expected = pose_position_ids(32, 256, doc_len=dataset.doc_len, seed=1, index=3)
@@ -138,7 +138,14 @@ def test_synthetic_sample_is_pose_and_labels_follow_document():
     rng = np.random.default_rng([1, 3])
     doc = rng.integers(0, 1000, dataset.doc_len + 1)
     np.testing.assert_array_equal(item["tokens"], doc[expected.token_index])
-    np.testing.assert_array_equal(item["labels"], doc[expected.token_index + 1])
+    # The dataset contract: labels[j] = tokens[j+1] (the chunk boundary is not masked: the last
+    # token of chunk 0 predicts the first of chunk 1, as in the reference); the last label is the
+    # document token after the last chunk.
+    tokens = doc[expected.token_index]
+    np.testing.assert_array_equal(item["labels"][:-1], tokens[1:])
+    assert item["labels"][-1] == doc[expected.token_index[-1] + 1]
+    boundary = expected.chunks[0].length - 1
+    assert item["labels"][boundary] == doc[expected.chunks[1].src_start]
     np.testing.assert_array_equal(dataset[3]["tokens"], item["tokens"])  # deterministic
 
 
