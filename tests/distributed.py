@@ -57,3 +57,18 @@ def run_distributed(fn, world_size: int, *args):
         if missing:
             raise RuntimeError(f"ranks {missing} ended without a result (killed or crashed)")
         return [outcomes[r][0] for r in range(world_size)]
+
+
+_RENDEZVOUS_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK",
+                    "LOCAL_WORLD_SIZE")
+
+
+def child_env(**extra) -> dict:
+    """os.environ for a child job, without this process's rendezvous variables.
+
+    A test that initialised a process group in the pytest process left MASTER_PORT pointing at
+    a store that is still listening; a child that inherited it would fail with EADDRINUSE.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in _RENDEZVOUS_VARS}
+    env.update(extra)
+    return env

@@ -5,13 +5,15 @@ import subprocess
 
 import pytest
 
+from tests.distributed import child_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
 def test_example_script_tiny_cpu_mode(tmp_path):
     save = tmp_path / "ckpt"
-    env = dict(os.environ, POSE_TINY_CPU="1", SAVE=str(save), OMP_NUM_THREADS="1")
+    env = child_env(POSE_TINY_CPU="1", SAVE=str(save), OMP_NUM_THREADS="1")
     proc = subprocess.run(["bash", "examples/pose_llama7b.sh", "--log-json",
                            str(tmp_path / "log.jsonl")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=400)

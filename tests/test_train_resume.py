@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from pose_megatron.training import checkpointing
+from tests.distributed import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +26,7 @@ def _run(tmp_path, name, extra, env_extra=None):
             "--rope-scaling-type", "linear", "--micro-batch-size", "2", "--global-batch-size",
             "4", "--train-iters", "6", "--lr", "1e-3", "--lr-warmup-iters", "2", "--seed", "11",
             "--log-json", str(log), *extra]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = child_env(OMP_NUM_THREADS="1")
     env.pop(checkpointing.KILL_DURING_SAVE_ENV, None)
     env.update(env_extra or {})
     # Own session: after a SIGKILL, the helper processes Megatron's checkpoint writer started
