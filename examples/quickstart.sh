@@ -39,7 +39,7 @@ $PY -m pose_megatron.train --device cpu --load "$OUT/mcore_base" --save "$OUT/mc
   --data-path 1.0 "$DATA" --tokenizer-model "$TOK" \
   --pose-train-len 64 --pose-target-len 512 --rope-scaling-type linear \
   --micro-batch-size 4 --global-batch-size 8 --train-iters "$ITERS" --lr 1e-3 \
-  --lr-warmup-iters 3 --clip-grad 1.0 --log-interval 5 --save-interval "$ITERS"
+  --lr-warmup-iters $((ITERS / 10)) --clip-grad 1.0 --log-interval 5 --save-interval "$ITERS"
 
 echo "== 6. back to HF"
 $PY tools/convert_megatron_to_hf.py --megatron-dir "$OUT/mcore_pose" --out "$OUT/hf_pose" \
