@@ -231,6 +231,15 @@ def _apply_rope_override(config, rope_scaling: dict) -> None:
         config.rope_scaling = override
 
 
+def _stop_token(tokenizer, config_eos) -> Optional[int]:
+    """The token that ends greedy generation: the tokenizer's EOS, else the model config's (HF
+    configs may list several; the first is the one generation stops on)."""
+    eos = tokenizer.eos_id if tokenizer.eos_id is not None else config_eos
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    return eos
+
+
 def load_hf_model(
     path: str,
     *,
@@ -256,9 +265,7 @@ def load_hf_model(
     model.to(device).eval()
     tokenizer = load_tokenizer(tokenizer_path or path)
     keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-    eos = tokenizer.eos_id if tokenizer.eos_id is not None else config.eos_token_id
-    if isinstance(eos, (list, tuple)):
-        eos = eos[0] if eos else None
+    eos = _stop_token(tokenizer, config.eos_token_id)
 
     @torch.no_grad()
     def logits(ids: torch.Tensor, keep: Optional[int] = None) -> torch.Tensor:
@@ -357,9 +364,7 @@ def wrap_megatron(
     ``ModelArgs`` ``args``; its forward is ``model(input_ids, position_ids, attention_mask=None)``
     and returns logits [b, s, vocab]."""
     model.to(device=device, dtype=dtype).eval()
-    eos = tokenizer.eos_id if tokenizer.eos_id is not None else args.eos_token_id
-    if isinstance(eos, (list, tuple)):
-        eos = eos[0] if eos else None
+    eos = _stop_token(tokenizer, args.eos_token_id)
 
     @torch.no_grad()
     def logits(ids: torch.Tensor, keep: Optional[int] = None) -> torch.Tensor:
