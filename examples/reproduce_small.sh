@@ -33,12 +33,13 @@ FACTOR=$((TARGET / TRAIN_LEN))
 if [ "$SMOKE" = 1 ]; then
   BASE_ITERS=20; FT_ITERS=5; WARMUP=5; VOCAB=512; LAYERS=2; HIDDEN=64; HEADS=4
   PPL_LENGTHS="128 512"; PK_LENGTHS="256 512"; PK_TRIALS=4; NUM_DOCS=2; STRIDE=64
-  EVAL_DOC=512
+  EVAL_DOC=512; PASSKEY_DOCS=${PASSKEY_DOCS:-20}
 else
   BASE_ITERS=${BASE_ITERS:-3000}; FT_ITERS=${FT_ITERS:-100}; WARMUP=50; VOCAB=1024; LAYERS=4; HIDDEN=256
   HEADS=4
   PPL_LENGTHS="128 256 512 1024 2048"; PK_LENGTHS="128 256 512 1024 2048"; PK_TRIALS=50
   NUM_DOCS=20; STRIDE=64; EVAL_DOC=2048  # lengths up to 2x the target show where each fails
+  PASSKEY_DOCS=${PASSKEY_DOCS:-600}  # ~15% of the training documents
 fi
 mkdir -p "$OUT"/{data,ckpt,logs,results}
 
@@ -47,13 +48,61 @@ echo "== 1. corpus: Python standard library sources"
 import glob, hashlib, json, os, sys, sysconfig
 out = sys.argv[1]
 files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
+PIECE = 1200  # characters, ~600 tokens of this tokenizer: about the 5 x 128 a PoSE sample reads
+
+
+def pieces(text):
+    # Training documents are pieces of files cut at blank lines: the dataset makes one sample
+    # per document (as the paper does), so whole files would leave ~150 samples of their first
+    # few hundred tokens and most of the corpus unseen.
+    cur = []
+    size = 0
+    for line in text.splitlines(keepends=True):
+        cur.append(line)
+        size += len(line)
+        if size >= PIECE and not line.strip():
+            yield "".join(cur)
+            cur, size = [], 0
+    if cur:
+        yield "".join(cur)
+
+
+n_train = n_valid = 0
 with open(f"{out}/train.jsonl", "w") as tr, open(f"{out}/valid.jsonl", "w") as va:
     for path in files:
         text = open(path, encoding="utf-8", errors="replace").read()
-        # a fixed split by file name: one file in ten is held out
-        held = int(hashlib.sha1(os.path.basename(path).encode()).hexdigest(), 16) % 10 == 0
-        (va if held else tr).write(json.dumps({"text": text, "file": os.path.basename(path)}) + "\n")
-print(len(files), "files")
+        name = os.path.basename(path)
+        # a fixed split by file name: one file in ten is held out, whole (long evaluation documents)
+        if int(hashlib.sha1(name.encode()).hexdigest(), 16) % 10 == 0:
+            va.write(json.dumps({"text": text, "file": name}) + "\n")
+            n_valid += 1
+            continue
+        for i, piece in enumerate(pieces(text)):
+            tr.write(json.dumps({"text": piece, "file": f"{name}:{i}"}) + "\n")
+            n_train += 1
+print(len(files), "files:", n_train, "training pieces,", n_valid, "held-out files")
+EOF
+# Synthetic passkey documents mixed into the training split (PASSKEY_DOCS of them; every method
+# sees the same data; one document is one sample, so this is their share of samples too). A model this small trained on code alone scores 0% at every length, which
+# says nothing about position extension. With them the base model learns retrieval inside its
+# 128-token window, and the passkey column measures whether retrieval survives at longer
+# distances: the paper's claim. Keys come from their own seed; the evaluation draws fresh ones.
+[ -f "$OUT/data/passkey_docs.done" ] || $PY - "$OUT/data" "$PASSKEY_DOCS" <<'EOF'
+import json, sys
+import numpy as np
+from pose_megatron.eval.passkey import KEY_RANGE, prompt_text
+out, n = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(20240101)
+with open(f"{out}/train.jsonl", "a") as tr:
+    for i in range(n):
+        # half short (needle and question inside one 128-token window), half up to ~1k tokens
+        total = int(rng.integers(0, 4)) if i % 2 == 0 else int(rng.integers(0, 31))
+        before = int(rng.integers(0, total + 1))
+        key = int(rng.integers(KEY_RANGE[0], KEY_RANGE[1] + 1))
+        text = prompt_text(key, before, total - before) + f" {key}."
+        tr.write(json.dumps({"text": text, "file": f"passkey_{i}"}) + "\n")
+open(f"{out}/passkey_docs.done", "w").close()
+print(n, "passkey documents")
 EOF
 
 echo "== 2. tokenizer and Megatron datasets"
