@@ -128,7 +128,7 @@ def test_bad_input_names_file_and_line(sp_model, tmp_path):
     nokey = str(tmp_path / "nokey.jsonl")
     with open(nokey, "w") as f:
         f.write(json.dumps({"body": "x"}) + "\n")
-    with pytest.raises(ValueError, match=r"nokey\.jsonl:1: no key 'text'"):
+    with pytest.raises(ValueError, match=r"nokey\.jsonl:1: no 'text' field \(has \['body'\]; see --json-keys\)"):
         preprocess(nokey, str(tmp_path / "o"), sp_model, quiet=True)
     empty = str(tmp_path / "empty.jsonl")
     open(empty, "w").close()

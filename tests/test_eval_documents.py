@@ -1,5 +1,6 @@
 """Evaluation documents from Megatron .bin/.idx, .jsonl and text files."""
 
+import gzip
 import json
 
 import numpy as np
@@ -59,9 +60,14 @@ def test_text_and_jsonl_files(tmp_path):
     assert [len(d) for d in docs] == [11, 4]
     other = tmp_path / "c.jsonl"
     other.write_text(json.dumps({"body": "ab"}) + "\n")
-    with pytest.raises(ValueError, match="c.jsonl:1: no 'text' field"):
+    with pytest.raises(ValueError, match=r"c.jsonl:1: no 'text' field \(has \['body'\]; see --text-field\)"):
         load_documents([str(other)], char_encode, vocab_size=len(VOCAB))
     assert len(load_documents([str(other)], char_encode, vocab_size=len(VOCAB),
                               text_field="body")) == 1
+    packed = tmp_path / "d.jsonl.gz"  # the preprocessor's compressed inputs evaluate too
+    with gzip.open(packed, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "ab1"}) + "\n")
+    assert [d.tolist() for d in load_documents([str(packed)], char_encode, vocab_size=len(VOCAB))] \
+        == [char_encode("ab1")]
     with pytest.raises(FileNotFoundError, match="neither a file nor a Megatron prefix"):
         load_documents([str(tmp_path / "missing")], char_encode, vocab_size=len(VOCAB))

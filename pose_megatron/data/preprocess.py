@@ -44,8 +44,11 @@ def open_text(path: str):
     return open(path, "rt", encoding="utf-8")
 
 
-def read_documents(path: str, keys: Sequence[str]) -> Iterator[Tuple[int, Dict[str, str]]]:
-    """(line number, {key: text}) for every non-blank line; clear errors name file and line."""
+def read_documents(
+    path: str, keys: Sequence[str], flag: str = "--json-keys"
+) -> Iterator[Tuple[int, Dict[str, str]]]:
+    """(line number, {key: text}) for every non-blank line of a JSONL file (plain, .gz, .zst);
+    clear errors name file and line, and ``flag``, the option that picks the keys."""
     with open_text(path) as f:
         lineno = 0
         while True:
@@ -68,7 +71,8 @@ def read_documents(path: str, keys: Sequence[str]) -> Iterator[Tuple[int, Dict[s
             texts = {}
             for key in keys:
                 if key not in record:
-                    raise ValueError(f"{path}:{lineno}: no key {key!r} (keys: {sorted(record)})")
+                    raise ValueError(f"{path}:{lineno}: no {key!r} field (has {sorted(record)}; "
+                                     f"see {flag})")
                 if not isinstance(record[key], str):
                     raise ValueError(f"{path}:{lineno}: {key!r} is {type(record[key]).__name__}, "
                                      f"not a string")

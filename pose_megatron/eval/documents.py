@@ -2,7 +2,8 @@
 
 - ``PREFIX`` (or ``PREFIX.bin`` / ``PREFIX.idx``): a Megatron-Core ``IndexedDataset``; a document
   is the concatenation of its sequences (``document_indices``).
-- ``*.jsonl``: one document per line, its text in the field ``text_field``.
+- ``*.jsonl`` (also ``.jsonl.gz``, ``.jsonl.zst``): one document per line, its text in the field
+  ``text_field``.
 - any other file: the whole file is one document (UTF-8 text).
 
 Tokens are the document's own text tokens: a leading BOS and a trailing EOS stored in a
@@ -12,7 +13,6 @@ score the same tokens, and the perplexity windows add BOS themselves.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, Iterator, List, Optional
 
@@ -46,18 +46,11 @@ def iter_indexed(prefix: str) -> Iterator[np.ndarray]:
 
 
 def iter_text(path: str, text_field: str) -> Iterator[str]:
-    if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(record, dict) or text_field not in record:
-                    raise ValueError(f"{path}:{lineno}: no {text_field!r} field (see --text-field)")
-                yield str(record[text_field])
+    if path.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
+        from pose_megatron.data.preprocess import read_documents
+
+        for _, record in read_documents(path, [text_field], flag="--text-field"):
+            yield record[text_field]
     else:
         with open(path, encoding="utf-8") as f:
             yield f.read()
