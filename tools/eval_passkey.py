@@ -24,18 +24,13 @@ from tqdm import tqdm  # noqa: E402
 
 from pose_megatron.eval import cli  # noqa: E402
 from pose_megatron.eval.passkey import evaluate_length  # noqa: E402
-from pose_megatron.eval.plots import plot_curves  # noqa: E402
-from pose_megatron.eval.report import format_table, read_results, write_json  # noqa: E402
+from pose_megatron.eval.report import read_results  # noqa: E402
 
 TOOL = "eval_passkey"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-    )
+    p = cli.make_parser(__doc__)
     cli.add_model_arguments(p)
     g = p.add_argument_group("protocol")
     g.add_argument("--lengths", nargs="+", default=[], metavar="L",
@@ -99,19 +94,10 @@ def main(argv=None) -> int:
                      results=results)
         entries.append(entry)
 
-    all_lengths = sorted({r["length"] for e in entries for r in e["results"]})
-    by_model = [{r["length"]: r for r in e["results"]} for e in entries]
-    rows = [[L] + [f"{100 * m[L]['accuracy']:.1f}" if L in m else "-" for m in by_model]
-            for L in all_lengths]
-    print(format_table(["length"] + [f"{e['name']} acc%" for e in entries], rows))
-
-    write_json({"tool": TOOL, "models": entries}, args.output_json)
-    png = plot_curves(
-        {e["name"]: [(r["length"], 100 * r["accuracy"]) for r in e["results"]] for e in entries},
-        cli.plot_path(args), xlabel="prompt length (tokens)", ylabel="passkey accuracy (%)",
-        title="Passkey retrieval", y_limits=(-3, 103), vlines=marks,
-    )
-    print(f"wrote {args.output_json} and {png}", file=sys.stderr)
+    cli.report(entries, args, marks, tool=TOOL, column="acc%",
+               cell=lambda r: f"{100 * r['accuracy']:.1f}", value=lambda r: 100 * r["accuracy"],
+               xlabel="prompt length (tokens)", ylabel="passkey accuracy (%)",
+               title="Passkey retrieval", y_limits=(-3, 103))
     return 0
 
 

@@ -29,18 +29,13 @@ from tqdm import tqdm  # noqa: E402
 from pose_megatron.eval import cli  # noqa: E402
 from pose_megatron.eval.documents import load_documents  # noqa: E402
 from pose_megatron.eval.perplexity import perplexity  # noqa: E402
-from pose_megatron.eval.plots import plot_curves  # noqa: E402
-from pose_megatron.eval.report import format_table, read_results, write_json  # noqa: E402
+from pose_megatron.eval.report import read_results  # noqa: E402
 
 TOOL = "eval_ppl"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-    )
+    p = cli.make_parser(__doc__)
     cli.add_model_arguments(p)
     g = p.add_argument_group("protocol")
     g.add_argument("--data", nargs="+", default=[], metavar="PATH",
@@ -126,19 +121,10 @@ def main(argv=None) -> int:
                      seconds=round(time.time() - start, 2), results=results)
         entries.append(entry)
 
-    all_lengths = sorted({r["length"] for e in entries for r in e["results"]})
-    by_model = [{r["length"]: r for r in e["results"]} for e in entries]
-    rows = [[L] + [f"{m[L]['ppl']:.3f}" if L in m else "-" for m in by_model]
-            for L in all_lengths]
-    print(format_table(["length"] + [f"{e['name']} ppl" for e in entries], rows))
-
-    write_json({"tool": TOOL, "models": entries}, args.output_json)
-    png = plot_curves(
-        {e["name"]: [(r["length"], r["ppl"]) for r in e["results"]] for e in entries},
-        cli.plot_path(args), xlabel="evaluation length (tokens)", ylabel="perplexity",
-        title="Sliding-window perplexity", log_y=True, vlines=marks,
-    )
-    print(f"wrote {args.output_json} and {png}", file=sys.stderr)
+    cli.report(entries, args, marks, tool=TOOL, column="ppl",
+               cell=lambda r: f"{r['ppl']:.3f}", value=lambda r: r["ppl"],
+               xlabel="evaluation length (tokens)", ylabel="perplexity",
+               title="Sliding-window perplexity", log_y=True)
     return 0
 
 

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Dict, List, Sequence
+import sys
+from typing import Callable, Dict, List, Sequence
 
 from pose_megatron.eval.models import EvalModel, load_model, parse_rope_scaling
+from pose_megatron.eval.plots import plot_curves
+from pose_megatron.eval.report import format_table, write_json
+
+
+def make_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser whose description is the docstring's first paragraph and epilog the rest."""
+    return argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(doc.split("\n\n")[1:]),
+    )
 
 
 def parse_length(text: str) -> int:
@@ -92,3 +104,24 @@ def model_from_args(args) -> EvalModel:
 def model_entry(model: EvalModel) -> dict:
     return {"name": model.name, "path": os.path.abspath(model.path), "kind": model.kind,
             "rope_scaling": model.rope_scaling, "device": str(model.device)}
+
+
+def report(
+    entries: List[dict], args, marks: Dict[str, int], *, tool: str, column: str,
+    cell: Callable[[dict], str], value: Callable[[dict], float], **plot_kwargs,
+) -> None:
+    """Print the length x model table, write the JSON results and the PNG plot.
+
+    ``cell`` formats one per-length result for the table, ``value`` gives its plotted value;
+    ``column`` names a model's column after the model name (e.g. "ppl").
+    """
+    lengths = sorted({r["length"] for e in entries for r in e["results"]})
+    by_model = [{r["length"]: r for r in e["results"]} for e in entries]
+    rows = [[L] + [cell(m[L]) if L in m else "-" for m in by_model] for L in lengths]
+    print(format_table(["length"] + [f"{e['name']} {column}" for e in entries], rows))
+    write_json({"tool": tool, "models": entries}, args.output_json)
+    png = plot_curves(
+        {e["name"]: [(r["length"], value(r)) for r in e["results"]] for e in entries},
+        plot_path(args), vlines=marks, **plot_kwargs,
+    )
+    print(f"wrote {args.output_json} and {png}", file=sys.stderr)
