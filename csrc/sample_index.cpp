@@ -23,6 +23,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace py = pybind11;
@@ -43,6 +44,11 @@ struct Permutation {
   uint64_t n;
   int left_bits, right_bits;
   uint64_t keys[kRounds];
+  // Round r's function of the right half, tabulated when the halves are <= 16 bits (every
+  // corpus below 2^32 documents): a lookup replaces the 64-bit mixer, the same values. The
+  // tables are at most 4 x 64k x 2 bytes and are hot in L1/L2 through the whole build.
+  std::vector<uint16_t> table[kRounds];
+  bool tabulated = false;
 
   Permutation(uint64_t n_, uint64_t seed, uint64_t epoch) : n(n_) {
     int bits = 2;
@@ -51,6 +57,20 @@ struct Permutation {
     right_bits = bits / 2;
     uint64_t base = mix64(mix64(seed) + epoch);
     for (int r = 0; r < kRounds; ++r) keys[r] = mix64(base + uint64_t(r));
+    if (left_bits <= 16) {
+      int wl = left_bits, wr = right_bits;
+      for (int r = 0; r < kRounds; ++r) {
+        table[r].resize(size_t(1) << wr);
+        for (uint64_t x = 0; x < table[r].size(); ++x)
+          table[r][x] = uint16_t(round_function(r, x, wl));
+        std::swap(wl, wr);
+      }
+      tabulated = true;
+    }
+  }
+
+  inline uint64_t round_function(int r, uint64_t right, int out_bits) const {
+    return mix64(right ^ keys[r]) & ((uint64_t(1) << out_bits) - 1);
   }
 
   inline uint64_t feistel(uint64_t x) const {
@@ -58,7 +78,7 @@ struct Permutation {
     for (int r = 0; r < kRounds; ++r) {
       uint64_t right = x & ((uint64_t(1) << wr) - 1);
       uint64_t left = x >> wr;
-      uint64_t f = mix64(right ^ keys[r]) & ((uint64_t(1) << wl) - 1);
+      uint64_t f = tabulated ? uint64_t(table[r][right]) : round_function(r, right, wl);
       // (L, R) -> (R, L ^ F(R)): the halves swap widths every round.
       x = (right << wl) | (left ^ f);
       std::swap(wl, wr);
@@ -110,45 +130,71 @@ struct UnalignedLengths {
   }
 };
 
-// Documents of [beg, end) whose length passes min_len, in ascending order.
+// std::vector whose resize() leaves ints uninitialised: the builders overwrite every element,
+// and zero-filling a Pile-scale index first is a whole extra pass over its memory.
+template <class T>
+struct NoInit : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = NoInit<U>;
+  };
+  NoInit() = default;
+  template <class U>
+  NoInit(const NoInit<U>&) {}
+  template <class U>
+  void construct(U* p) {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+template <class T>
+using Vec = std::vector<T, NoInit<T>>;
+
+// Documents of [beg, end) whose length passes min_len, in ascending order. One pass over the
+// lengths (the largest array in play): each block compacts its hits into a scratch buffer of the
+// block's size (only the written prefix is ever touched), then the blocks are concatenated.
 template <class Lengths>
-std::vector<int32_t> candidates(Lengths lengths, int64_t beg, int64_t end, int32_t min_len,
-                                int threads) {
+Vec<int32_t> candidates(Lengths lengths, int64_t beg, int64_t end, int32_t min_len, int threads) {
   int64_t n = end - beg;
   int64_t t = std::min<int64_t>(threads, std::max<int64_t>(1, n / 65536));
   int64_t step = (n + t - 1) / std::max<int64_t>(t, 1);
   std::vector<int64_t> counts(t + 1, 0);
+  std::vector<Vec<int32_t>> parts(t);
   parallel_for(t, int(t), [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       int64_t a = beg + b * step, z = std::min(end, a + step);
-      int64_t c = 0;
-      for (int64_t d = a; d < z; ++d) c += lengths[d] >= min_len;
-      counts[b + 1] = c;
-    }
-  }, 1);
-  for (int64_t b = 0; b < t; ++b) counts[b + 1] += counts[b];
-  std::vector<int32_t> out(counts[t] + 1);  // +1: the branch-free fill writes one past
-  parallel_for(t, int(t), [&](int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b < hi; ++b) {
-      int64_t a = beg + b * step, z = std::min(end, a + step);
-      int64_t w = counts[b];
-      int32_t* dst = out.data();
-      const int64_t stop = counts[b + 1];
-      for (int64_t d = a; d < z && w < stop; ++d) {
+      Vec<int32_t>& part = parts[b];
+      part.resize(std::max<int64_t>(z - a, 0) + 1);  // +1: the branch-free fill writes one past
+      int32_t* dst = part.data();
+      int64_t w = 0;
+      for (int64_t d = a; d < z; ++d) {
         // Branch-free: the test is a coin flip on real corpora.
         dst[w] = int32_t(d);
         w += lengths[d] >= min_len;
       }
+      counts[b + 1] = w;
     }
   }, 1);
-  out.pop_back();
+  for (int64_t b = 0; b < t; ++b) counts[b + 1] += counts[b];
+  Vec<int32_t> out(counts[t]);
+  parallel_for(t, int(t), [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      std::memcpy(out.data() + counts[b], parts[b].data(),
+                  sizeof(int32_t) * size_t(counts[b + 1] - counts[b]));
+      Vec<int32_t>().swap(parts[b]);
+    }
+  }, 1);
   return out;
 }
 
-template <class T>
-py::array_t<T> to_numpy(std::vector<T>&& v) {
-  auto* heap = new std::vector<T>(std::move(v));
-  py::capsule owner(heap, [](void* p) { delete reinterpret_cast<std::vector<T>*>(p); });
+template <class V>
+py::array_t<typename V::value_type> to_numpy(V&& v) {
+  using T = typename V::value_type;
+  auto* heap = new V(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete reinterpret_cast<V*>(p); });
   return py::array_t<T>({py::ssize_t(heap->size())}, {py::ssize_t(sizeof(T))}, heap->data(),
                         owner);
 }
@@ -178,8 +224,8 @@ void gather(const Permutation& perm, const int32_t* cand, int64_t lo, int64_t hi
 }
 
 struct Result {
-  std::vector<int32_t> doc_order;
-  std::vector<int64_t> sample_start;  // empty for skip: sample s is doc_order[s]
+  Vec<int32_t> doc_order;
+  Vec<int64_t> sample_start;  // empty for skip: sample s is doc_order[s]
   int64_t epochs = 0;
 };
 
@@ -195,7 +241,7 @@ Result build(Lengths lengths, int64_t num_docs, int64_t beg, int64_t end, int64_
     throw std::invalid_argument("more than 2^31 documents in one split");
   threads = resolve_threads(threads);
   Result res;
-  std::vector<int32_t> cand =
+  Vec<int32_t> cand =
       candidates(lengths, beg, end, pack ? 1 : int32_t(std::min<int64_t>(train_len, INT32_MAX)),
                  threads);
   const uint64_t m = cand.size();
@@ -219,7 +265,7 @@ Result build(Lengths lengths, int64_t num_docs, int64_t beg, int64_t end, int64_
   int64_t epoch_tokens = 0;
   for (int32_t d : cand) epoch_tokens += lengths[d];
   if (epoch_tokens < train_len) return res;
-  std::vector<int32_t> order(m);
+  Vec<int32_t> order(m);
   res.sample_start.push_back(0);
   const int64_t want = num_samples;  // < 0: one epoch
   if (want == 0) return res;
@@ -253,8 +299,8 @@ Result build(Lengths lengths, int64_t num_docs, int64_t beg, int64_t end, int64_
 
 py::tuple pack_result(Result&& r, bool pack) {
   py::object starts = py::none();
-  if (pack) starts = to_numpy<int64_t>(std::move(r.sample_start));
-  return py::make_tuple(to_numpy<int32_t>(std::move(r.doc_order)), starts, r.epochs);
+  if (pack) starts = to_numpy(std::move(r.sample_start));
+  return py::make_tuple(to_numpy(std::move(r.doc_order)), starts, r.epochs);
 }
 
 py::tuple build_from_lengths(py::array_t<int32_t, py::array::c_style> lengths, int64_t beg,
@@ -320,10 +366,10 @@ py::tuple build_from_idx(const std::string& idx_path, int64_t beg, int64_t end, 
 }
 
 py::array_t<int64_t> permutation(uint64_t n, uint64_t seed, uint64_t epoch) {
-  std::vector<int64_t> out(n);
+  Vec<int64_t> out(n);
   Permutation perm(n, seed, epoch);
   for (uint64_t k = 0; k < n; ++k) out[k] = int64_t(perm(k));
-  return to_numpy<int64_t>(std::move(out));
+  return to_numpy(std::move(out));
 }
 
 }  // namespace
