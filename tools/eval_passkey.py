@@ -24,7 +24,6 @@ from tqdm import tqdm  # noqa: E402
 
 from pose_megatron.eval import cli  # noqa: E402
 from pose_megatron.eval.passkey import evaluate_length  # noqa: E402
-from pose_megatron.eval.report import read_results  # noqa: E402
 
 TOOL = "eval_passkey"
 
@@ -52,18 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.model is None and not args.compare:
-        raise SystemExit("error: give --model (to evaluate) and/or --compare (to re-plot)")
     if args.trials < 1:
         raise SystemExit(f"error: --trials must be >= 1, got {args.trials}")
     if args.max_new_tokens < 1:
         raise SystemExit(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    try:
-        lengths = cli.parse_lengths(args.lengths) if args.model else []
-        marks = cli.parse_marks(args.mark)
-        entries = [m for path in args.compare for m in read_results(path, TOOL)]
-    except (argparse.ArgumentTypeError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    lengths, marks, entries = cli.lengths_marks_and_earlier(args, TOOL)
 
     if args.model:
         try:

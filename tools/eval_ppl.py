@@ -29,7 +29,6 @@ from tqdm import tqdm  # noqa: E402
 from pose_megatron.eval import cli  # noqa: E402
 from pose_megatron.eval.documents import load_documents  # noqa: E402
 from pose_megatron.eval.perplexity import perplexity  # noqa: E402
-from pose_megatron.eval.report import read_results  # noqa: E402
 
 TOOL = "eval_ppl"
 
@@ -63,20 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.model is None and not args.compare:
-        raise SystemExit("error: give --model (to evaluate) and/or --compare (to re-plot)")
     if args.stride < 1:
         raise SystemExit(f"error: --stride must be >= 1, got {args.stride}")
     for flag in ("num_docs", "max_doc_tokens"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise SystemExit(f"error: --{flag.replace('_', '-')} must be >= 1, got {value}")
-    try:
-        lengths = cli.parse_lengths(args.lengths) if args.model else []
-        marks = cli.parse_marks(args.mark)
-        entries = [m for path in args.compare for m in read_results(path, TOOL)]
-    except (argparse.ArgumentTypeError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    lengths, marks, entries = cli.lengths_marks_and_earlier(args, TOOL)
     if args.model and not args.data:
         raise SystemExit("error: --data is required with --model")
     if lengths and min(lengths) < 2:

@@ -9,7 +9,7 @@ from typing import Callable, Dict, List, Sequence
 
 from pose_megatron.eval.models import EvalModel, load_model, parse_rope_scaling
 from pose_megatron.eval.plots import plot_curves
-from pose_megatron.eval.report import format_table, write_json
+from pose_megatron.eval.report import format_table, read_results, write_json
 
 
 def make_parser(doc: str) -> argparse.ArgumentParser:
@@ -104,6 +104,20 @@ def model_from_args(args) -> EvalModel:
 def model_entry(model: EvalModel) -> dict:
     return {"name": model.name, "path": os.path.abspath(model.path), "kind": model.kind,
             "rope_scaling": model.rope_scaling, "device": str(model.device)}
+
+
+def lengths_marks_and_earlier(args, tool: str):
+    """(lengths to evaluate, plot marks, earlier result entries of ``tool`` from --compare);
+    bad values exit with a one-line error, as does a run with neither --model nor --compare."""
+    if args.model is None and not args.compare:
+        raise SystemExit("error: give --model (to evaluate) and/or --compare (to re-plot)")
+    try:
+        lengths = parse_lengths(args.lengths) if args.model else []
+        marks = parse_marks(args.mark)
+        entries = [m for path in args.compare for m in read_results(path, tool)]
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return lengths, marks, entries
 
 
 def report(
