@@ -88,10 +88,11 @@ EOF
 # data). A model this small trained on code alone scores 0% at every length, which says nothing
 # about position extension. Each document is the evaluation's task line followed by episodes
 # "needle, fillers, question, answer" with fresh keys: 60% of episodes fit a 128-token window
-# (the base model learns retrieval there), 40% put up to 30 fillers (~700 tokens) between needle
-# and question, which only a method whose training positions span that distance can use.
-# (A first run with whole prompts as documents failed: a random 128-token window of a pack
-# rarely holds a whole prompt, and the base model learned to print a constant key.)
+# (meant to teach the base model retrieval there), 40% put up to 30 fillers (~700 tokens)
+# between needle and question, which only a method whose training positions span that distance
+# can use. Measured: at this model size the base model did not learn to copy the key (it prints
+# a constant key, docs/results.md); neither did it with whole prompts as documents, the first mix
+# tried (a random 128-token window of a pack rarely holds a whole prompt).
 [ -f "$OUT/data/passkey_docs.done" ] || $PY - "$OUT/data" "$PASSKEY_DOCS" <<'EOF'
 import json, sys
 import numpy as np

@@ -297,8 +297,7 @@ def _in_process_write_results():
     try:
         from megatron.core.dist_checkpointing.strategies import filesystem_async
     except ImportError:
-        yield
-        return
+        filesystem_async = None
     if not hasattr(filesystem_async, "_results_queue"):
         yield
         return

@@ -18,6 +18,8 @@ from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 
+from pose_megatron.data.preprocess import read_documents
+
 
 def _strip_specials(doc: np.ndarray, bos_id: Optional[int], eos_id: Optional[int]) -> np.ndarray:
     if bos_id is not None and len(doc) and doc[0] == bos_id:
@@ -47,8 +49,6 @@ def iter_indexed(prefix: str) -> Iterator[np.ndarray]:
 
 def iter_text(path: str, text_field: str) -> Iterator[str]:
     if path.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
-        from pose_megatron.data.preprocess import read_documents
-
         for _, record in read_documents(path, [text_field], flag="--text-field"):
             yield record[text_field]
     else:
