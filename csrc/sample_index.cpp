@@ -9,6 +9,10 @@
 //         dropped); a sample is a pack, i.e. a run of doc_order.
 // perm_e is a keyed Feistel bijection on [0, 2^bits) with cycle walking, so any entry is computed
 // independently: the skip index is embarrassingly parallel and needs no sort and no shuffle pass.
+// The builder runs it backwards: out[k] = cand[perm(k)] is the same array as
+// out[perm^-1(j)] = cand[j], and the second form enumerates the candidates in order while it
+// reads the lengths, so the candidate array (a Pile-scale write, its page faults and a random
+// reload per sample) is never built; the random stores cost about what the random loads did.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -18,6 +22,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -86,6 +91,25 @@ struct Permutation {
     return x;
   }
 
+  // Undoes feistel(): round r is inverted with round r's widths, last round first.
+  inline uint64_t feistel_inverse(uint64_t x) const {
+    for (int r = kRounds - 1; r >= 0; --r) {
+      int wl = (r % 2 == 0) ? left_bits : right_bits, wr = (r % 2 == 0) ? right_bits : left_bits;
+      uint64_t right = x >> wl;  // round r put its input's right half on top
+      uint64_t f = tabulated ? uint64_t(table[r][right]) : round_function(r, right, wl);
+      uint64_t left = (x & ((uint64_t(1) << wl) - 1)) ^ f;
+      x = (left << wr) | right;
+    }
+    return x;
+  }
+
+  inline uint64_t inverse(uint64_t k) const {
+    if (n <= 1) return 0;
+    uint64_t y = feistel_inverse(k);
+    while (y >= n) y = feistel_inverse(y);  // walking the cycle backwards inverts the walk
+    return y;
+  }
+
   inline uint64_t operator()(uint64_t k) const {
     if (n <= 1) return 0;
     uint64_t y = feistel(k);
@@ -139,6 +163,24 @@ struct NoInit : std::allocator<T> {
     using other = NoInit<U>;
   };
   NoInit() = default;
+  // Large arrays on transparent huge pages (where the kernel allows it): the index is written
+  // at random positions, and 2 MB pages take most page walks off those stores and make first
+  // touch 512x fewer faults (the whole Pile-scale build 15-25% faster here).
+  T* allocate(size_t n) {
+    size_t bytes = n * sizeof(T);
+    if (bytes < kHuge) return std::allocator<T>::allocate(n);
+    void* p = nullptr;
+    if (posix_memalign(&p, kHuge, bytes) != 0) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    ::madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t n) {
+    if (n * sizeof(T) < kHuge) return std::allocator<T>::deallocate(p, n);
+    std::free(p);
+  }
+  static constexpr size_t kHuge = size_t(1) << 21;
   template <class U>
   NoInit(const NoInit<U>&) {}
   template <class U>
@@ -153,41 +195,47 @@ struct NoInit : std::allocator<T> {
 template <class T>
 using Vec = std::vector<T, NoInit<T>>;
 
-// Documents of [beg, end) whose length passes min_len, in ascending order. One pass over the
-// lengths (the largest array in play): each block compacts its hits into a scratch buffer of the
-// block's size (only the written prefix is ever touched), then the blocks are concatenated.
+// The split [beg, end) cut into one contiguous block per thread, with the number of candidates
+// (documents whose length passes min_len) before each block and the candidates' total tokens:
+// the first of the builder's passes over the lengths; every later pass ranks candidates from
+// its block's first_rank, so no candidate array is ever stored.
+struct Blocks {
+  int64_t beg = 0, end = 0, step = 1;
+  int32_t min_len = 1;
+  std::vector<int64_t> first_rank;  // size blocks + 1; back() is the candidate count
+  int64_t tokens = 0;
+  int64_t count() const { return int64_t(first_rank.size()) - 1; }
+};
+
 template <class Lengths>
-Vec<int32_t> candidates(Lengths lengths, int64_t beg, int64_t end, int32_t min_len, int threads) {
+Blocks count_candidates(Lengths lengths, int64_t beg, int64_t end, int32_t min_len, int threads) {
+  Blocks bl;
+  bl.beg = beg;
+  bl.end = end;
+  bl.min_len = min_len;
   int64_t n = end - beg;
   int64_t t = std::min<int64_t>(threads, std::max<int64_t>(1, n / 65536));
-  int64_t step = (n + t - 1) / std::max<int64_t>(t, 1);
-  std::vector<int64_t> counts(t + 1, 0);
-  std::vector<Vec<int32_t>> parts(t);
+  bl.step = std::max<int64_t>((n + t - 1) / t, 1);
+  bl.first_rank.assign(t + 1, 0);
+  std::vector<int64_t> tokens(t, 0);
   parallel_for(t, int(t), [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
-      int64_t a = beg + b * step, z = std::min(end, a + step);
-      Vec<int32_t>& part = parts[b];
-      part.resize(std::max<int64_t>(z - a, 0) + 1);  // +1: the branch-free fill writes one past
-      int32_t* dst = part.data();
-      int64_t w = 0;
+      int64_t a = beg + b * bl.step, z = std::min(end, a + bl.step), hits = 0, sum = 0;
       for (int64_t d = a; d < z; ++d) {
-        // Branch-free: the test is a coin flip on real corpora.
-        dst[w] = int32_t(d);
-        w += lengths[d] >= min_len;
+        int32_t len = lengths[d];
+        bool hit = len >= min_len;  // branch-free: the test is a coin flip on real corpora
+        hits += hit;
+        sum += hit ? len : 0;
       }
-      counts[b + 1] = w;
+      bl.first_rank[b + 1] = hits;
+      tokens[b] = sum;
     }
   }, 1);
-  for (int64_t b = 0; b < t; ++b) counts[b + 1] += counts[b];
-  Vec<int32_t> out(counts[t]);
-  parallel_for(t, int(t), [&](int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b < hi; ++b) {
-      std::memcpy(out.data() + counts[b], parts[b].data(),
-                  sizeof(int32_t) * size_t(counts[b + 1] - counts[b]));
-      Vec<int32_t>().swap(parts[b]);
-    }
-  }, 1);
-  return out;
+  for (int64_t b = 0; b < t; ++b) {
+    bl.first_rank[b + 1] += bl.first_rank[b];
+    bl.tokens += tokens[b];
+  }
+  return bl;
 }
 
 template <class V>
@@ -199,28 +247,36 @@ py::array_t<typename V::value_type> to_numpy(V&& v) {
                         owner);
 }
 
-// out[k] = cand[perm(k)] for k in [lo, hi). The reads of cand are random (a cache miss each at
-// Pile scale), so permute a tile first and then gather it with prefetches in flight.
-void gather(const Permutation& perm, const int32_t* cand, int64_t lo, int64_t hi, int32_t* out) {
-  constexpr int64_t kTile = 1024, kAhead = 32;
-  uint64_t idx[kTile];
-  for (int64_t a = lo; a < hi; a += kTile) {
-    int64_t n = std::min(kTile, hi - a);
-    if (perm.n <= 1) {
-      for (int64_t i = 0; i < n; ++i) idx[i] = 0;
-    } else {
-      // Branch-free first pass (independent chains of multiplies overlap in the core), then
-      // cycle-walk the few entries that fell outside [0, n).
-      for (int64_t i = 0; i < n; ++i) idx[i] = perm.feistel(uint64_t(a + i));
-      for (int64_t i = 0; i < n; ++i)
-        while (idx[i] >= perm.n) idx[i] = perm.feistel(idx[i]);
+// One epoch of the index: docs[k] = cand[perm(k)] for k < count (and lens[k] = its length when
+// lens is given), written as docs[perm^-1(j)] = cand[j] while the candidates are enumerated in
+// order. Each thread takes its block; candidates are compacted tile by tile (branch-free), then
+// inverted and stored. The stores are a cache miss each at Pile scale and bound the build;
+// prefetching them, or partitioning them by destination first, measured no faster here.
+template <class Lengths>
+void scatter_epoch(Lengths lengths, const Blocks& bl, const Permutation& perm, int64_t count,
+                   int32_t* docs, int32_t* lens) {
+  constexpr int64_t kTile = 1024;
+  parallel_for(bl.count(), int(bl.count()), [&](int64_t lo, int64_t hi) {
+    int32_t tile[kTile + 1];  // +1: the branch-free compaction writes one past
+    for (int64_t b = lo; b < hi; ++b) {
+      int64_t a = bl.beg + b * bl.step, z = std::min(bl.end, a + bl.step);
+      uint64_t rank = uint64_t(bl.first_rank[b]);
+      for (int64_t d0 = a; d0 < z; d0 += kTile) {
+        int64_t d1 = std::min(z, d0 + kTile), w = 0;
+        for (int64_t d = d0; d < d1; ++d) {
+          tile[w] = int32_t(d);
+          w += lengths[d] >= bl.min_len;
+        }
+        for (int64_t i = 0; i < w; ++i) {
+          uint64_t k = perm.inverse(rank + uint64_t(i));
+          if (int64_t(k) >= count) continue;  // only the last, partial epoch skips
+          docs[k] = tile[i];
+          if (lens) lens[k] = lengths[tile[i]];
+        }
+        rank += uint64_t(w);
+      }
     }
-    for (int64_t i = 0; i < std::min(kAhead, n); ++i) __builtin_prefetch(cand + idx[i]);
-    for (int64_t i = 0; i < n; ++i) {
-      if (i + kAhead < n) __builtin_prefetch(cand + idx[i + kAhead]);
-      out[a + i] = cand[idx[i]];
-    }
-  }
+  }, 1);
 }
 
 struct Result {
@@ -241,46 +297,39 @@ Result build(Lengths lengths, int64_t num_docs, int64_t beg, int64_t end, int64_
     throw std::invalid_argument("more than 2^31 documents in one split");
   threads = resolve_threads(threads);
   Result res;
-  Vec<int32_t> cand =
-      candidates(lengths, beg, end, pack ? 1 : int32_t(std::min<int64_t>(train_len, INT32_MAX)),
-                 threads);
-  const uint64_t m = cand.size();
+  Blocks bl = count_candidates(lengths, beg, end,
+                               pack ? 1 : int32_t(std::min<int64_t>(train_len, INT32_MAX)),
+                               threads);
+  const uint64_t m = uint64_t(bl.first_rank.back());
   if (m == 0) return res;  // the caller names the file in its error
 
   if (!pack) {
     int64_t total = num_samples < 0 ? int64_t(m) : num_samples;
     res.epochs = (total + int64_t(m) - 1) / int64_t(m);
     res.doc_order.resize(total);
-    int32_t* out = res.doc_order.data();
     for (int64_t e = 0; e < res.epochs; ++e) {
-      Permutation perm(m, seed, uint64_t(e));
       int64_t first = e * int64_t(m), count = std::min<int64_t>(m, total - first);
-      parallel_for(count, threads, [&, first](int64_t lo, int64_t hi) {
-        gather(perm, cand.data(), lo, hi, out + first);
-      });
+      scatter_epoch(lengths, bl, Permutation(m, seed, uint64_t(e)), count,
+                    res.doc_order.data() + first, nullptr);
     }
     return res;
   }
 
-  int64_t epoch_tokens = 0;
-  for (int32_t d : cand) epoch_tokens += lengths[d];
-  if (epoch_tokens < train_len) return res;
-  Vec<int32_t> order(m);
+  if (bl.tokens < train_len) return res;
+  Vec<int32_t> order(m), order_len(m);  // the lengths ride along so the scan reads in order
   res.sample_start.push_back(0);
   const int64_t want = num_samples;  // < 0: one epoch
   if (want == 0) return res;
   for (int64_t e = 0;; ++e) {
-    Permutation perm(m, seed, uint64_t(e));
-    parallel_for(int64_t(m), threads, [&](int64_t lo, int64_t hi) {
-      gather(perm, cand.data(), lo, hi, order.data());
-    });
+    scatter_epoch(lengths, bl, Permutation(m, seed, uint64_t(e)), int64_t(m), order.data(),
+                  order_len.data());
     res.epochs = e + 1;
     // The greedy scan is sequential but is one add and one compare per document.
     int64_t acc = 0, kept = 0;
     size_t base = res.doc_order.size();
     bool done = false;
     for (uint64_t k = 0; k < m; ++k) {
-      acc += lengths[order[k]];
+      acc += order_len[k];
       if (acc >= train_len) {
         kept = int64_t(k) + 1;
         res.sample_start.push_back(int64_t(base) + kept);

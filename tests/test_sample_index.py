@@ -139,6 +139,26 @@ def test_errors_name_the_source():
 
 
 @needs_cpp
+@pytest.mark.parametrize("short_docs", ["skip", "pack"])
+def test_cpp_equals_numpy_on_many_blocks_threads_and_huge_pages(short_docs):
+    # Large enough for several thread blocks (> 64k documents each) and for output arrays on
+    # the builder's huge-page allocator (>= 2 MB); epochs end mid-way, so the partial last
+    # epoch's skipped destinations are exercised too.
+    lengths = np.minimum(np.random.default_rng(8).lognormal(np.log(450), 1.5, 600_000),
+                         1 << 20).astype(np.int32)
+    beg, end = 1_234, 598_765
+    num_samples = 700_003 if short_docs == "skip" else 450_001
+    ref = si.build_numpy(lengths, beg, end, 2048, num_samples, 2**63 + 5, short_docs)
+    for threads in (1, 2, 3):
+        cpp = si.build_cpp(lengths, beg, end, 2048, num_samples, 2**63 + 5, short_docs,
+                           threads=threads)
+        assert cpp.epochs == ref.epochs > 1
+        np.testing.assert_array_equal(cpp.doc_order, ref.doc_order)
+        if short_docs == "pack":
+            np.testing.assert_array_equal(cpp.sample_start, ref.sample_start)
+
+
+@needs_cpp
 def test_cpp_reads_the_idx_file_directly(tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
