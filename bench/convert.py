@@ -3,8 +3,10 @@
 
 Writes a synthetic LLaMA checkpoint (random bf16 tensors, sharded safetensors, a real
 config.json) of about --params parameters, then, each in a fresh subprocess so peak RSS is its
-own:
-  raw      read every shard file and write the bytes to new files (the I/O floor)
+own, and each after flushing the page cache's dirty pages (so no step pays for the last one's):
+  raw      read every shard file and write the bytes to new files, fsynced: the I/O floor, as
+           every converter output is fsynced before it is published (Megatron's torch_dist
+           writer syncs its files; atomic_output syncs the rest). Also shown without fsync.
   to-mg    tools/convert_hf_to_megatron.py (--format, default torch_dist)
   to-hf    tools/convert_megatron_to_hf.py of that output
 and prints GB/s, the ratio to raw I/O (target >= 0.5) and peak RSS / checkpoint size
@@ -79,13 +81,16 @@ def write_synthetic(directory: str, cfg: dict, shard_bytes: int = 1 << 30) -> in
 
 RAW_COPY = """
 import os, sys
-src, dst = sys.argv[1], sys.argv[2]
+src, dst, durable = sys.argv[1], sys.argv[2], sys.argv[3] == 'durable'
 os.makedirs(dst)
 for name in sorted(os.listdir(src)):
     with open(os.path.join(src, name), 'rb') as f:
         data = f.read()
     with open(os.path.join(dst, name), 'wb') as f:
         f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     del data
 """
 
@@ -93,15 +98,20 @@ for name in sorted(os.listdir(src)):
 STARTUP = """
 import sys
 sys.argv = ['convert']
-import torch, transformers, tqdm
-from megatron.core import dist_checkpointing
+import torch, tqdm
 from pose_megatron.convert import api, megatron_io
+megatron_io.import_megatron_core()  # as write_dist and DistReader import it
+from megatron.core import dist_checkpointing
 megatron_io._ensure_process_group()()
 """
 
 
 def timed(cmd) -> tuple:
-    """(seconds, peak RSS bytes of the largest process of the command)."""
+    """(seconds, peak RSS bytes of the largest process of the command).
+
+    The page cache is flushed first (untimed), so no step pays for writing back the previous
+    step's output."""
+    os.sync()
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
@@ -143,9 +153,12 @@ def main(argv=None) -> int:
         print(f"synthetic LLaMA: {cfg['num_hidden_layers']} layers, {nbytes / 2 / 1e9:.2f}B params, "
               f"{gb:.2f} GB bf16 in {len(os.listdir(hf)) - 2} shards")
 
-        shutil.rmtree(os.path.join(work, "raw"), ignore_errors=True)
-        raw_s, raw_rss = timed([py, "-c", RAW_COPY, hf, os.path.join(work, "raw")])
-        shutil.rmtree(os.path.join(work, "raw"))
+        raw = {}
+        for mode in ("durable", "buffered"):
+            shutil.rmtree(os.path.join(work, "raw"), ignore_errors=True)
+            raw[mode] = timed([py, "-c", RAW_COPY, hf, os.path.join(work, "raw"), mode])
+            shutil.rmtree(os.path.join(work, "raw"))
+        raw_s, raw_rss = raw["durable"]
         startup_s, _ = timed([py, "-c", STARTUP])
         mg = os.path.join(work, "mg")
         to_mg_s, to_mg_rss = timed([
@@ -162,11 +175,12 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     raw_gbs = gb / raw_s
-    print(f"\n{'step':<22}{'seconds':>9}{'GB/s':>8}{'vs raw':>8}{'peak RSS GB':>13}{'RSS/ckpt':>10}")
-    for name, secs, rss in (("raw read+write", raw_s, raw_rss),
+    print(f"\n{'step':<24}{'seconds':>9}{'GB/s':>8}{'vs raw':>8}{'peak RSS GB':>13}{'RSS/ckpt':>10}")
+    for name, secs, rss in (("raw read+write+fsync", raw_s, raw_rss),
+                            ("(raw without fsync)", *raw["buffered"]),
                             (f"HF -> {opts.format}", to_mg_s, to_mg_rss),
                             (f"{opts.format} -> HF", to_hf_s, to_hf_rss)):
-        print(f"{name:<22}{secs:>9.2f}{gb / secs:>8.3f}{(gb / secs) / raw_gbs:>8.2f}"
+        print(f"{name:<24}{secs:>9.2f}{gb / secs:>8.3f}{(gb / secs) / raw_gbs:>8.2f}"
               f"{rss / 1e9:>13.2f}{rss / nbytes:>10.2f}")
     print(f"{'(fixed start-up: imports + process group)':<40}{startup_s:>6.2f} s; without it: "
           f"HF -> {opts.format} {(gb / max(to_mg_s - startup_s, 1e-9)) / raw_gbs:.2f}x raw, "

@@ -259,3 +259,30 @@ def test_torch_dist_save_collects_results_in_process_and_restores_the_queue(hf_d
     assert filesystem_async._results_queue is before
     assert not [p.name for p in multiprocessing.active_children() if p.pid not in children]
     assert os.path.exists(tmp_path / "mg" / "release" / "metadata.json")
+
+
+def test_safetensors_writer_is_read_back_by_safetensors(tmp_path):
+    # The reverse converter writes shards itself (from the tensors' memory, no staging copy):
+    # safetensors' own reader must see the same tensors, whatever their dtype, layout or size.
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from pose_megatron.convert.hf_io import write_safetensors
+
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    tensors = {
+        "bf16": torch.randn(3, 5).to(torch.bfloat16),
+        "fp16": torch.randn(7).half(),
+        "int64": torch.arange(5),
+        "empty": torch.zeros(0, 4),
+        "transposed": base.t(),           # not contiguous
+        "rows": base[1:3],                # a view sharing storage with "transposed"
+        "odd_header": torch.ones(1, dtype=torch.int8),
+    }
+    path = str(tmp_path / "x.safetensors")
+    write_safetensors(path, tensors, {"format": "pt"})
+    loaded = load_file(path)
+    assert set(loaded) == set(tensors)
+    for name, t in tensors.items():
+        assert loaded[name].dtype == t.dtype and torch.equal(loaded[name], t), name
+    assert safe_open(path, "pt").metadata() == {"format": "pt"}

@@ -75,4 +75,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    from pose_megatron.convert.api import exit_without_teardown
+
+    exit_without_teardown(code)

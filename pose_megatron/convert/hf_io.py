@@ -67,6 +67,35 @@ class _SafetensorsFile:
         return buf.view(_SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
+_SAFETENSORS_NAMES = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
+
+
+def write_safetensors(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
+    """Write ``tensors`` as one .safetensors file, each tensor's bytes straight from its memory.
+
+    The format is an 8-byte little-endian header size, a JSON header (padded with spaces to a
+    multiple of 8) naming each tensor's dtype, shape and byte range, then the bytes back to back.
+    ``safetensors.torch.save_file`` first copies every tensor into a bytes object (a second
+    checkpoint-sized buffer, ~1 s per GB here) and refuses tensors that share storage; writing
+    from the tensors needs neither. Tests load the result with safetensors and transformers.
+    """
+    header: Dict[str, object] = {"__metadata__": dict(metadata)}
+    offset = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_NAMES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for t in tensors.values():
+            if t.numel():
+                f.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+
 class HFCheckpoint:
     """Lazy view of a HF model directory: ``config``, ``names()``, ``get(name)``."""
 
@@ -166,10 +195,8 @@ class HFWriter:
         self.total_bytes += size
 
     def _flush(self) -> None:
-        from safetensors.torch import save_file
-
         name = f"shard-{len(self._shards):05d}.tmp"
-        save_file(self._pending, os.path.join(self.directory, name), metadata={"format": "pt"})
+        write_safetensors(os.path.join(self.directory, name), self._pending, {"format": "pt"})
         self._shards.append((name, list(self._pending)))
         self._pending, self._pending_bytes = {}, 0
 

@@ -22,12 +22,13 @@ import re
 import shutil
 import tempfile
 from contextlib import contextmanager
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 from pose_megatron.config import CONFIG_FILENAME, ModelArgs
 from pose_megatron.convert import weights
+from pose_megatron.convert.megatron_import import import_megatron_core
 
 TRACKER = "latest_checkpointed_iteration.txt"
 CHECKPOINT_VERSION = 3.0
@@ -59,6 +60,7 @@ def atomic_output(out: str, force: bool):
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     try:
         yield tmp
+        _fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -70,6 +72,32 @@ def atomic_output(out: str, force: bool):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+    _fsync_dir(parent)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: str) -> None:
+    """Flush every file and directory under ``root`` to disk.
+
+    The rename that publishes an output must not reach the disk before its contents do, or a
+    crash leaves a complete-looking checkpoint of empty files. (Megatron's torch_dist writer
+    already syncs its data files; syncing them again costs nothing.)
+    """
+    for directory, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(directory)
 
 
 def iteration_dir(iteration: Optional[int]) -> str:
@@ -310,36 +338,87 @@ def _in_process_write_results():
 
 
 def write_dist(
-    path: str, args: ModelArgs, get_global: Callable[[str], torch.Tensor], dtype: torch.dtype,
-    *, iteration: int = 0, progress=None,
+    path: str, args: ModelArgs, get_pieces: Callable[[str], List[torch.Tensor]],
+    dtype: torch.dtype, *, iteration: int = 0, progress=None,
 ) -> None:
+    """Write a torch_dist checkpoint of Megatron-Core's stock model holding the given weights.
+
+    ``get_pieces(name)`` returns tensors whose concatenation along dim 0 is the global tensor
+    ``name`` (one tensor, or e.g. gate and up of a SwiGLU ``linear_fc1``). The model's sharded
+    state dict comes from Megatron-Core itself, factories applied, so the saved keys and sharding
+    are exactly a training run's. Its tensors are then pointed at the converted weights instead of
+    being filled: the parameters' own storage is never touched, and where Megatron's SwiGLU
+    factory cuts ``linear_fc1`` into its halves (views, which its writer would clone) the halves
+    are the HF gate and up tensors themselves. Neither a concatenation nor a clone of the
+    checkpoint's largest tensors is made (measured: 2.6 s of a 13.5 s 1B conversion).
+    """
+    import_megatron_core()
     from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedTensor
+    from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
+    from megatron.core.dist_checkpointing.mapping import apply_factories
 
     cleanup = _ensure_process_group()
     try:
         model = stock_model(args, dtype)
-        params = dict(model.state_dict(keep_vars=True))
+        params = dict(model.named_parameters())
+        owner = {p.untyped_storage().data_ptr(): name for name, p in params.items()}
+        sharded = model.sharded_state_dict()
+        apply_factories(sharded)
+        views: Dict[str, list] = {}
+
+        def collect(x):
+            if isinstance(x, ShardedTensor) and x.data is not None:
+                name = owner.get(x.data.untyped_storage().data_ptr())
+                if name is None:
+                    raise RuntimeError(f"{x.key}: Megatron's sharded state dict holds a tensor "
+                                       "that is not a model parameter; cannot convert into it")
+                views.setdefault(name, []).append(x)
+            return x
+
+        dict_list_map_inplace(collect, sharded)
         for name in weights.megatron_names(args):
-            tensor = get_global(name)
+            param = params[name]
+            pieces = get_pieces(name)
             if progress is not None:
-                progress(name, tensor)
-            with torch.no_grad():
-                params[name].copy_(tensor)
-            del tensor
-        state = {"model": model.sharded_state_dict(), "checkpoint_version": CHECKPOINT_VERSION,
+                for t in pieces:
+                    progress(name, t)
+            pieces = [t.to(param.dtype) for t in pieces]
+            shape = (sum(t.shape[0] for t in pieces), *pieces[0].shape[1:])
+            if shape != tuple(param.shape):
+                raise ValueError(f"{name}: converted tensor has shape {shape}, Megatron's model "
+                                 f"expects {tuple(param.shape)}")
+            for sh in views.get(name, []):
+                sh.data = _same_view(sh.data, param, pieces)
+            del pieces
+        state = {"model": sharded, "checkpoint_version": CHECKPOINT_VERSION,
                  "iteration": iteration}
         os.makedirs(path, exist_ok=True)
         with _in_process_write_results():
             dist_checkpointing.save(state, path, sharded_strategy=_save_strategy())
-        del model, params, state
+        del model, params, sharded, state, views
     finally:
         cleanup()
+
+
+def _same_view(view: torch.Tensor, param: torch.Tensor, pieces: List[torch.Tensor]) -> torch.Tensor:
+    """``view`` of ``param``, taken instead from the tensor that ``pieces`` concatenate to."""
+    offset = view.storage_offset() - param.storage_offset()
+    if view.is_contiguous():
+        start = 0
+        for piece in pieces:  # a view that is exactly one piece: that piece, uncopied
+            if start == offset and piece.numel() == view.numel():
+                return piece.contiguous().view(view.shape)
+            start += piece.numel()
+    full = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    return full.contiguous().as_strided(view.shape, view.stride(), offset)
 
 
 class DistReader:
     """Global tensors of a distributed checkpoint (whatever TP/PP wrote it), loaded at once."""
 
     def __init__(self, path: str, args: ModelArgs):
+        import_megatron_core()
         from megatron.core import dist_checkpointing
         from megatron.core.dist_checkpointing import ShardedTensor
 

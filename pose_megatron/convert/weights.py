@@ -155,8 +155,7 @@ def split_qkv(qkv: torch.Tensor, args: ModelArgs) -> Tuple[torch.Tensor, torch.T
     rest = qkv.shape[1:]
     grouped = qkv.reshape(groups, (per_group + 2) * d, *rest)
     q, k, v = torch.split(grouped, [per_group * d, d, d], dim=1)
-    # clone: safetensors refuses tensors that share storage
-    return (q.reshape(-1, *rest).clone(), k.reshape(-1, *rest).clone(), v.reshape(-1, *rest).clone())
+    return q.reshape(-1, *rest), k.reshape(-1, *rest), v.reshape(-1, *rest)
 
 
 def hf_to_global(name: str, hf: List[torch.Tensor], args: ModelArgs) -> torch.Tensor:
@@ -169,12 +168,19 @@ def hf_to_global(name: str, hf: List[torch.Tensor], args: ModelArgs) -> torch.Te
     return tensor
 
 
+def hf_to_global_pieces(name: str, hf: List[torch.Tensor], args: ModelArgs) -> List[torch.Tensor]:
+    """``hf_to_global`` left as pieces that concatenate along dim 0 to it (fc1: gate, up), for a
+    writer that can use them without the concatenation."""
+    if name.endswith("linear_fc1.weight"):
+        return list(hf)
+    return [hf_to_global(name, hf, args)]
+
+
 def global_to_hf(name: str, tensor: torch.Tensor, args: ModelArgs) -> List[torch.Tensor]:
     if name.endswith("linear_qkv.weight") or name.endswith("linear_qkv.bias"):
         return list(split_qkv(tensor, args))
     if name.endswith("linear_fc1.weight"):
-        gate, up = torch.chunk(tensor, 2, dim=0)
-        return [gate.clone(), up.clone()]
+        return list(torch.chunk(tensor, 2, dim=0))
     return [tensor]
 
 
