@@ -286,3 +286,65 @@ def test_safetensors_writer_is_read_back_by_safetensors(tmp_path):
     for name, t in tensors.items():
         assert loaded[name].dtype == t.dtype and torch.equal(loaded[name], t), name
     assert safe_open(path, "pt").metadata() == {"format": "pt"}
+
+
+def test_views_of_parameters_are_taken_from_the_pieces():
+    # write_dist points Megatron's sharded tensors (a parameter, or a view of it such as the
+    # SwiGLU factory's fc1 halves) at the converted pieces: exact pieces are used uncopied, any
+    # other view is cut from their concatenation the same way.
+    from pose_megatron.convert.megatron_io import _same_view
+
+    param = torch.empty(6, 4)
+    gate, up = torch.randn(3, 4), torch.randn(3, 4)
+    full = torch.cat([gate, up])
+    half = _same_view(param[3:], param, [gate, up])
+    assert half.data_ptr() == up.data_ptr()  # no copy
+    assert torch.equal(_same_view(param, param, [full]), full)
+    assert torch.equal(_same_view(param[2:4], param, [gate, up]), full[2:4])
+    assert torch.equal(_same_view(param.t()[1], param, [gate, up]), full.t()[1])
+
+
+def test_deferred_compile_compiles_on_first_call_with_the_same_arguments():
+    from pose_megatron.convert.megatron_import import _compile_on_first_call
+
+    calls = []
+
+    def real_compile(fn, **kwargs):
+        calls.append(kwargs)
+        return lambda *a, **k: ("compiled", fn(*a, **k))
+
+    compile = _compile_on_first_call(real_compile)
+
+    @compile
+    def double(x):
+        return 2 * x
+
+    @compile(dynamic=True)
+    def triple(x):
+        return 3 * x
+
+    assert calls == [] and double.__name__ == "double"
+    assert double(4) == ("compiled", 8) and double(5) == ("compiled", 10)
+    assert triple(2) == ("compiled", 6)
+    assert calls == [{}, {"dynamic": True}]  # once per function, with its own arguments
+    module = torch.nn.Linear(2, 2)
+    compile(module)  # modules are compiled at once, as torch.compile does
+    assert len(calls) == 3
+
+
+def test_importing_megatron_for_conversion_skips_the_compiler_and_restores_compile():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "real = torch.compile\n"
+        "from pose_megatron.convert.megatron_import import import_megatron_core\n"
+        "import_megatron_core()\n"
+        "from megatron.core.models.gpt import GPTModel\n"
+        "assert torch.compile is real\n"
+        "assert 'torch._inductor' not in sys.modules, 'the compiler was imported'\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
+                   env=dict(os.environ, PYTHONPATH=root))
