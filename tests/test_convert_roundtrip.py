@@ -141,3 +141,30 @@ def test_torch_dist_roundtrip_all_families(hf_dirs, tmp_path):
     assert "metadata.json" in files and "common.pt" in files
     for family, src in hf_dirs.items():
         _assert_same_tensors(hf_state(src), hf_state(str(tmp_path / f"{family}-hf")), family)
+
+
+def _bf16_dist_roundtrip(rank, world, src, out_root):
+    from pose_megatron import load_megatron_model
+
+    mg, back = os.path.join(out_root, "mg"), os.path.join(out_root, "hf")
+    hf_to_megatron(src, mg, fmt="torch_dist", progress=False)
+    megatron_to_hf(mg, back, progress=False)
+    model = load_megatron_model(mg, dtype=torch.float32)  # a bf16 checkpoint into an fp32 model
+    ids = torch.arange(12).reshape(1, 12) % 100
+    with torch.no_grad():
+        return model(ids, torch.arange(12).unsqueeze(0)).float()
+
+
+def test_bf16_torch_dist_roundtrip_keeps_every_dtype(tmp_path):
+    # Real checkpoints are bf16; Megatron's stock model keeps norms in fp32, which must not leak
+    # into the checkpoint or back into HF.
+    from transformers import AutoModelForCausalLM
+
+    model = make_hf_model("llama3_untied").to(torch.bfloat16)
+    src = save_hf_model(model, str(tmp_path / "src"))
+    (logits,) = run_distributed(_bf16_dist_roundtrip, 1, src, str(tmp_path))
+    _assert_same_tensors(hf_state(src), hf_state(str(tmp_path / "hf")), "bf16 torch_dist")
+    ref = AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
+    with torch.no_grad():
+        want = ref(torch.arange(12).reshape(1, 12) % 100).logits
+    assert (logits - want).abs().max().item() <= 1e-4

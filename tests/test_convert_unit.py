@@ -261,13 +261,15 @@ def test_torch_dist_save_collects_results_in_process_and_restores_the_queue(hf_d
     assert os.path.exists(tmp_path / "mg" / "release" / "metadata.json")
 
 
-def test_safetensors_writer_is_read_back_by_safetensors(tmp_path):
-    # The reverse converter writes shards itself (from the tensors' memory, no staging copy):
+@pytest.mark.parametrize("reserve", [1 << 20, 64])
+def test_hf_writer_shards_are_read_back_by_safetensors(tmp_path, reserve):
+    # The reverse converter streams tensors into shards from a background thread and writes each
+    # header last (into a reserved space, or rewriting the shard when it outgrows a tiny one):
     # safetensors' own reader must see the same tensors, whatever their dtype, layout or size.
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from pose_megatron.convert.hf_io import write_safetensors
+    from pose_megatron.convert.hf_io import HFWriter
 
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     tensors = {
@@ -277,15 +279,29 @@ def test_safetensors_writer_is_read_back_by_safetensors(tmp_path):
         "empty": torch.zeros(0, 4),
         "transposed": base.t(),           # not contiguous
         "rows": base[1:3],                # a view sharing storage with "transposed"
-        "odd_header": torch.ones(1, dtype=torch.int8),
+        "odd": torch.ones(1, dtype=torch.int8),
+        "big": torch.randn(40, 10),
     }
-    path = str(tmp_path / "x.safetensors")
-    write_safetensors(path, tensors, {"format": "pt"})
-    loaded = load_file(path)
+    writer = HFWriter(str(tmp_path), max_shard_bytes=200, header_reserve=reserve,
+                      max_queued_bytes=300)
+    try:
+        for name, t in tensors.items():
+            writer.add(name, t)
+        writer.finish()
+    finally:
+        writer.close()
+    index = json.load(open(tmp_path / "model.safetensors.index.json"))
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    loaded = {}
+    for f in files:
+        loaded.update(load_file(str(tmp_path / f)))
+        assert safe_open(str(tmp_path / f), "pt").metadata() == {"format": "pt"}
     assert set(loaded) == set(tensors)
     for name, t in tensors.items():
         assert loaded[name].dtype == t.dtype and torch.equal(loaded[name], t), name
-    assert safe_open(path, "pt").metadata() == {"format": "pt"}
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size()
+                                                  for t in tensors.values())
 
 
 def test_views_of_parameters_are_taken_from_the_pieces():
@@ -348,3 +364,22 @@ def test_importing_megatron_for_conversion_skips_the_compiler_and_restores_compi
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
                    env=dict(os.environ, PYTHONPATH=root))
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_safetensors_reader_modes_agree_and_name_a_truncated_file(tmp_path, mmap):
+    from safetensors.torch import save_file
+
+    from pose_megatron.convert.hf_io import _SafetensorsFile
+
+    tensors = {"a": torch.randn(4, 3).to(torch.bfloat16), "b": torch.arange(6), "e": torch.zeros(0)}
+    path = str(tmp_path / "m.safetensors")
+    save_file(tensors, path)
+    reader = _SafetensorsFile(path, mmap=mmap)
+    for name, t in tensors.items():
+        assert torch.equal(reader.get_tensor(name), t)
+    with open(path, "r+b") as f:
+        f.truncate(reader._base + 1)  # header intact, data cut
+    for name in ("a", "b"):
+        with pytest.raises(OSError, match=rf"m\.safetensors: truncated while reading {name}"):
+            _SafetensorsFile(path, mmap=mmap).get_tensor(name)

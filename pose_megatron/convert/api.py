@@ -55,7 +55,7 @@ def hf_to_megatron(
         raise ValueError(f"--format {fmt!r}: expected one of {megatron_io.FORMATS}")
     if spec not in weights.SPECS:
         raise ValueError(f"--spec {spec!r}: expected one of {weights.SPECS}")
-    hf = hf_io.HFCheckpoint(hf_dir)
+    hf = hf_io.HFCheckpoint(hf_dir, mmap=fmt == "torch_dist")  # torch_dist holds all tensors
     args = hf_config.args_from_hf_config(hf.config, os.path.join(hf_dir, "config.json"))
     weights.check_parallel(args, tp, pp)
     _check_hf_shapes(hf, args)
@@ -113,12 +113,17 @@ def megatron_to_hf(
     bar, step = _progress_bar(total, "Megatron -> HF", progress)
     with megatron_io.atomic_output(out, force) as tmp:
         writer = hf_io.HFWriter(tmp, max_shard_bytes)
-        for name in names:
-            tensor = reader.get(name)
-            step(name, tensor)
-            for hf_name, t in zip(weights.hf_sources(name), weights.global_to_hf(name, tensor, args)):
-                writer.add(hf_name, t.to(target) if target is not None else t)
-        writer.finish()
+        try:
+            for name in names:
+                tensor = reader.get(name)
+                step(name, tensor)
+                for hf_name, t in zip(weights.hf_sources(name),
+                                      weights.global_to_hf(name, tensor, args)):
+                    writer.add(hf_name, t.to(target) if target is not None else t)
+            writer.finish()
+        finally:
+            writer.close()
+            reader.close()
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         tok_src = tokenizer or os.path.join(megatron_dir, TOKENIZER_SUBDIR)

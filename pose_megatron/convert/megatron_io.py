@@ -241,6 +241,9 @@ class LegacyReader:
         key = self._keys[name]
         return weights.merge_tp(name, [s[key] for s in states])
 
+    def close(self) -> None:
+        pass  # stages are loaded one at a time and dropped as the next is asked for
+
 
 # ----------------------------------------------------------------------------- torch_dist format
 
@@ -383,13 +386,16 @@ def write_dist(
             if progress is not None:
                 for t in pieces:
                     progress(name, t)
-            pieces = [t.to(param.dtype) for t in pieces]
             shape = (sum(t.shape[0] for t in pieces), *pieces[0].shape[1:])
             if shape != tuple(param.shape):
                 raise ValueError(f"{name}: converted tensor has shape {shape}, Megatron's model "
                                  f"expects {tuple(param.shape)}")
             for sh in views.get(name, []):
+                # Stored in the converted dtype: the stock model keeps its norms in fp32 (a
+                # training run's Float16Module casts them), and a bf16 checkpoint must come
+                # back from HF -> Megatron -> HF as bf16, norms included.
                 sh.data = _same_view(sh.data, param, pieces)
+                sh.dtype = sh.data.dtype
             del pieces
         state = {"model": sharded, "checkpoint_version": CHECKPOINT_VERSION,
                  "iteration": iteration}
@@ -415,40 +421,83 @@ def _same_view(view: torch.Tensor, param: torch.Tensor, pieces: List[torch.Tenso
 
 
 class DistReader:
-    """Global tensors of a distributed checkpoint (whatever TP/PP wrote it), loaded at once."""
+    """Global tensors of a distributed checkpoint (whatever TP/PP wrote it).
 
-    def __init__(self, path: str, args: ModelArgs):
+    Megatron stores each per-layer tensor stacked over the layers. They are read a group of
+    layers at a time, as the caller asks for them in order: with the HF writer flushing shards in
+    the background, writing one group overlaps reading the next, and only one group is held.
+    The rest (embeddings, final norm, output layer) is read once, on first use. ``close()``
+    releases the process group the reads use.
+    """
+
+    def __init__(self, path: str, args: ModelArgs, max_groups: int = 4):
         import_megatron_core()
+        from megatron.core import dist_checkpointing
+
+        self.path, self.args = path, args
+        self._cleanup = _ensure_process_group()
+        try:
+            meta = dist_checkpointing.load_tensors_metadata(path)
+        except BaseException:
+            self.close()
+            raise
+        # optimizer state and the like, when a training checkpoint, is not read
+        self._meta = {k: st for k, st in meta.items()
+                      if k.startswith(("embedding.", "decoder.", "output_layer."))}
+        layers = args.num_layers
+        self._stacked = {k for k, st in self._meta.items() if k.startswith("decoder.layers.")
+                         and len(st.global_shape) > 1 and st.global_shape[0] == layers}
+        self._groups = max(g for g in range(1, max_groups + 1) if layers % g == 0)
+        self._per_group = layers // self._groups
+        self._group, self._group_tensors = None, {}
+        self._rest = None
+
+    def _load(self, keys, group: Optional[int] = None) -> Dict[str, torch.Tensor]:
         from megatron.core import dist_checkpointing
         from megatron.core.dist_checkpointing import ShardedTensor
 
-        self.args = args
-        cleanup = _ensure_process_group()
-        try:
-            meta = dist_checkpointing.load_tensors_metadata(path)
-            # every rank of a running group reads whole tensors: rank 0 is the main replica
-            replica = torch.distributed.get_rank()
-            request = {}
-            for key, st in meta.items():
-                if not key.startswith(("embedding.", "decoder.", "output_layer.")):
-                    continue  # optimizer state and the like, when a training checkpoint
+        # every rank of a running group reads whole tensors: rank 0 is the main replica
+        replica = torch.distributed.get_rank()
+        request = {}
+        for key in keys:
+            st = self._meta[key]
+            if group is None:
                 request[key] = ShardedTensor.from_rank_offsets(
                     key, torch.empty(st.global_shape, dtype=st.dtype), replica_id=replica)
-            self._stacked = dist_checkpointing.load(request, path)
-        finally:
-            cleanup()
+            else:  # layers [group * per_group, (group + 1) * per_group) of the stack
+                shape = (self._per_group, *st.global_shape[1:])
+                request[key] = ShardedTensor.from_rank_offsets(
+                    key, torch.empty(shape, dtype=st.dtype), (0, group, self._groups),
+                    replica_id=replica)
+        # A group is deliberately a part of each stacked tensor; Megatron's access check is for
+        # a job loading whole tensors across its ranks.
+        return dist_checkpointing.load(request, self.path,
+                                       validate_access_integrity=group is None)
 
     def get(self, name: str) -> torch.Tensor:
-        if name in self._stacked:
-            return self._stacked[name]
         m = re.match(r"^decoder\.layers\.(\d+)\.(.+)$", name)
         if m:
             layer, rest = int(m.group(1)), m.group(2)
             for key in (f"decoder.layers.{weights.TE_NORM_NAMES.get(rest, rest)}",
                         f"decoder.layers.{rest}"):
                 if key in self._stacked:
-                    return self._stacked[key][layer]
+                    group = layer // self._per_group
+                    if group != self._group:
+                        self._group_tensors = {}  # drop the last group before reading the next
+                        self._group_tensors = self._load(sorted(self._stacked), group)
+                        self._group = group
+                    return self._group_tensors[key][layer - group * self._per_group]
+        if self._rest is None:
+            self._rest = self._load([k for k in self._meta if k not in self._stacked])
+        if name in self._rest:
+            return self._rest[name]
         raise KeyError(f"tensor {name!r} not found in the distributed checkpoint")
+
+    def close(self) -> None:
+        self._group_tensors, self._rest = {}, None
+        if self._cleanup is not None:
+            self._cleanup()
+            self._cleanup = None
 
 
 def open_checkpoint(ckpt_dir: str, iteration: Optional[int] = None):
