@@ -380,7 +380,12 @@ def write_dist(
             return x
 
         dict_list_map_inplace(collect, sharded)
-        for name in weights.megatron_names(args):
+        names = weights.megatron_names(args)
+        unfilled = sorted(set(params) - set(names))
+        if unfilled:  # would be saved as uninitialised memory
+            raise RuntimeError(f"Megatron's model has parameters the converter does not know how "
+                               f"to fill from HF: {unfilled[:5]}")
+        for name in names:
             param = params[name]
             pieces = get_pieces(name)
             if progress is not None:
