@@ -29,6 +29,7 @@ import torch
 from pose_megatron.config import CONFIG_FILENAME, ModelArgs
 from pose_megatron.convert import weights
 from pose_megatron.convert.megatron_import import import_megatron_core
+from pose_megatron.training.checkpointing import fsync_dir
 
 TRACKER = "latest_checkpointed_iteration.txt"
 CHECKPOINT_VERSION = 3.0
@@ -72,15 +73,7 @@ def atomic_output(out: str, force: bool):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
-    _fsync_dir(parent)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(parent)
 
 
 def _fsync_tree(root: str) -> None:
@@ -97,7 +90,7 @@ def _fsync_tree(root: str) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
 
 def iteration_dir(iteration: Optional[int]) -> str:

@@ -76,7 +76,8 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (a rename into it) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -164,7 +165,7 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler, *,
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         _write_atomic(os.path.join(root, TRACKER), f"{iteration}\n")
     _barrier()
     return final
