@@ -28,37 +28,15 @@ _MISSING = object()
 
 
 def add_pose_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Megatron-LM ``extra_args_provider``: the PoSE flags not already defined by Megatron-LM.
+    """Megatron-LM ``extra_args_provider``: the PoSE and RoPE flags of ``pose_megatron.train``.
 
-    Megatron-LM defines some of the same names itself (``--rope-scaling-factor`` for LLaMA 3.1);
-    those keep Megatron-LM's definition and PoSE reads the value from it.
+    One definition (``pose_megatron.training.arguments.add_pose_arguments``): flags Megatron-LM
+    already defines (``--rope-scaling-factor`` for LLaMA 3.x) keep Megatron-LM's definition with
+    PoSE's default, so an unset flag means the same here as in ``pose_megatron.train``.
     """
-    from pose_megatron.positions import CONTENT_OFFSETS, SCHEMES
+    from pose_megatron.training.arguments import add_pose_arguments
 
-    existing = set(parser._option_string_actions)  # noqa: SLF001 - argparse has no public query
-    group = parser.add_argument_group("PoSE", "Positional Skip-wise training (pose_megatron)")
-
-    def add(flag, **kwargs):
-        if flag not in existing:
-            group.add_argument(flag, **kwargs)
-
-    add("--pose-train-len", type=int, default=None,
-        help="tokens per PoSE sample (default --seq-length)")
-    add("--pose-target-len", type=int, default=None,
-        help="context length to extend to; position ids stay below it (required)")
-    add("--pose-num-chunks", type=int, default=2, help="chunks per sample (paper: 2)")
-    add("--pose-scheme", choices=SCHEMES, default="reference", help="position sampling scheme")
-    add("--pose-content-offset", choices=CONTENT_OFFSETS, default="random",
-        help="where each chunk's tokens come from in the document")
-    add("--pose-short-docs", choices=("skip", "pack"), default="skip",
-        help="documents shorter than the train length: skip or pack")
-    add("--rope-scaling-type", choices=ROPE_SCALING_TYPES, default="linear",
-        help="RoPE scaling for the extended window")
-    add("--rope-scaling-factor", type=float, default=None,
-        help="RoPE scaling factor (default target / original window)")
-    add("--rope-original-max-position", type=int, default=None,
-        help="original window of the model (default --max-position-embeddings)")
-    return parser
+    return add_pose_arguments(parser)
 
 
 def pose_arg(args: Any, name: str, default: Any = _MISSING) -> Any:

@@ -68,27 +68,53 @@ def rope_type_of(rope_scaling: Optional[dict]) -> str:
     return rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def validate_rope_scaling(
-    rope_scaling: Optional[dict], *, max_position_embeddings: Optional[int] = None
+    rope_scaling: Optional[dict], *, max_position_embeddings: Optional[int] = None,
+    source: str = "rope_scaling",
 ) -> dict:
     """Check a HF-style ``rope_scaling`` dict and return a normalised copy (``rope_type`` set).
 
-    ``None`` or ``{}`` mean plain RoPE. Unknown types and missing or invalid parameters raise a
-    ValueError naming the offending key and value; unknown extra keys only warn (HF configs carry
-    model-specific extras).
+    The one RoPE validation of the package: training flags, Megatron-LM helpers, evaluation
+    overrides, checkpoints and the HF converter all come through here. ``None`` or ``{}`` mean
+    plain RoPE. Unknown types and missing or invalid parameters raise a ValueError that starts
+    with ``source`` (a file or flag) and names the offending key and value; unknown extra keys only
+    warn (HF configs carry model-specific extras).
     """
     if rope_scaling is None:
         return {"rope_type": "default"}
     if not isinstance(rope_scaling, dict):
-        raise ValueError(f"rope_scaling must be a dict or None, got {type(rope_scaling).__name__}")
+        raise ValueError(f"{source} must be a dict or None, got {type(rope_scaling).__name__}")
     scaling = dict(rope_scaling)
     rope_type = rope_type_of(scaling)
     if rope_type not in ROPE_TYPES:
         raise ValueError(
-            f"rope_scaling: unknown rope_type {rope_type!r}; expected one of {', '.join(ROPE_TYPES)}"
+            f"{source}: unknown rope_type {rope_type!r}; expected one of {', '.join(ROPE_TYPES)}"
         )
     scaling["rope_type"] = rope_type
     scaling.pop("type", None)
+    try:
+        return _check_parameters(scaling, rope_scaling, rope_type, max_position_embeddings)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+def canonical_rope_scaling(
+    rope_scaling: Optional[dict], *, max_position_embeddings: Optional[int] = None,
+    source: str = "rope_scaling",
+) -> Optional[dict]:
+    """``validate_rope_scaling``, with plain RoPE as ``None`` (the form ModelArgs stores)."""
+    scaling = validate_rope_scaling(rope_scaling, max_position_embeddings=max_position_embeddings,
+                                    source=source)
+    if scaling["rope_type"] == "default" and set(scaling) <= _COMMON_KEYS | {"factor"}:
+        return None
+    return scaling
+
+
+def _check_parameters(scaling, rope_scaling, rope_type, max_position_embeddings) -> dict:
     if (
         rope_type in _ORIGINAL_FROM_CONFIG
         and "original_max_position_embeddings" not in scaling
@@ -96,39 +122,56 @@ def validate_rope_scaling(
     ):
         scaling["original_max_position_embeddings"] = int(max_position_embeddings)
 
-    missing = sorted(_REQUIRED[rope_type] - set(scaling))
-    if rope_type == "longrope" and "factor" not in scaling and max_position_embeddings is None:
+    missing = sorted(k for k in _REQUIRED[rope_type] if scaling.get(k) is None)
+    if rope_type == "longrope" and scaling.get("factor") is None and max_position_embeddings is None:
         missing.append("factor (or the model's max_position_embeddings)")
     if missing:
         raise ValueError(
-            f"rope_scaling for rope_type {rope_type!r} is missing parameter(s) {missing} "
-            f"(got {sorted(rope_scaling)})"
+            f"rope_type {rope_type!r} is missing parameter(s) {missing} (got {sorted(rope_scaling)})"
         )
     unknown = sorted(set(scaling) - _REQUIRED[rope_type] - _OPTIONAL[rope_type] - _COMMON_KEYS)
     if unknown:
         warnings.warn(f"rope_scaling for rope_type {rope_type!r}: ignoring unknown keys {unknown}")
 
+    for key in ("factor", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow",
+                "mscale", "mscale_all_dim", "attention_factor"):
+        value = scaling.get(key)
+        if value is not None and (not _is_number(value) or value < 0
+                                  or (value == 0 and key not in ("mscale", "mscale_all_dim"))):
+            raise ValueError(f"{key} must be a positive number, got {value!r}")
     factor = scaling.get("factor")
-    if factor is not None and (not isinstance(factor, (int, float)) or factor <= 0):
-        raise ValueError(f"rope_scaling: factor must be a positive number, got {factor!r}")
     if rope_type in ("linear", "ntk", "dynamic", "yarn", "yarn_pose", "llama3") and factor < 1:
         raise ValueError(
-            f"rope_scaling: factor {factor!r} < 1 would shrink the context window of "
-            f"rope_type {rope_type!r}; use factor >= 1"
+            f"factor {factor!r} < 1 would shrink the context window of rope_type {rope_type!r}; "
+            f"use factor >= 1"
         )
     omp = scaling.get("original_max_position_embeddings")
-    if omp is not None and (not isinstance(omp, int) or omp <= 0):
-        raise ValueError(
-            f"rope_scaling: original_max_position_embeddings must be a positive integer, got {omp!r}"
-        )
+    if omp is not None and (isinstance(omp, bool) or not isinstance(omp, int) or omp <= 0):
+        raise ValueError(f"original_max_position_embeddings must be a positive integer, got {omp!r}")
     if rope_type == "llama3" and not scaling["low_freq_factor"] < scaling["high_freq_factor"]:
         raise ValueError(
-            f"rope_scaling: llama3 needs low_freq_factor < high_freq_factor, got "
+            f"llama3 needs low_freq_factor < high_freq_factor, got "
             f"{scaling['low_freq_factor']!r} and {scaling['high_freq_factor']!r}"
         )
+    if rope_type in ("yarn", "yarn_pose") and scaling.get("beta_fast") is not None \
+            and scaling.get("beta_slow") is not None \
+            and not scaling["beta_slow"] < scaling["beta_fast"]:
+        raise ValueError(f"{rope_type} needs beta_slow < beta_fast, got {scaling['beta_slow']!r} "
+                         f"and {scaling['beta_fast']!r}")
+    if rope_type == "longrope":
+        for key in ("short_factor", "long_factor"):
+            value = scaling[key]
+            if not isinstance(value, (list, tuple)) or not value \
+                    or not all(_is_number(v) and v > 0 for v in value):
+                raise ValueError(f"{key} must be a non-empty list of positive numbers, got "
+                                 f"{value!r}")
+            scaling[key] = [float(v) for v in value]
+        if len(scaling["short_factor"]) != len(scaling["long_factor"]):
+            raise ValueError(f"short_factor has {len(scaling['short_factor'])} entries and "
+                             f"long_factor {len(scaling['long_factor'])}; both need rotary_dim/2")
     prf = scaling.get("partial_rotary_factor", 1.0)
-    if not 0 < prf <= 1:
-        raise ValueError(f"rope_scaling: partial_rotary_factor must be in (0, 1], got {prf!r}")
+    if not _is_number(prf) or not 0 < prf <= 1:
+        raise ValueError(f"partial_rotary_factor must be in (0, 1], got {prf!r}")
     return scaling
 
 

@@ -11,40 +11,197 @@ import os
 
 from pose_megatron.config import ModelArgs
 
-ROPE_SCALING_TYPES = ("none", "linear", "ntk", "yarn", "yarn_pose", "dynamic", "llama3")
+# --rope-scaling-type choices: the plugin's RoPE types ("default" spelled "none").
+ROPE_SCALING_TYPES = ("none", "linear", "ntk", "dynamic", "yarn", "yarn_pose", "llama3", "longrope")
+
+# Flag dest -> (rope_scaling key, the types it applies to). The one list of RoPE parameters a
+# command line can set; `rope_scaling_from_args` turns them into an HF-style dict.
+_ROPE_PARAMETER_FLAGS = {
+    "rope_low_freq_factor": ("low_freq_factor", ("llama3",)),
+    "rope_high_freq_factor": ("high_freq_factor", ("llama3",)),
+    "rope_beta_fast": ("beta_fast", ("yarn", "yarn_pose")),
+    "rope_beta_slow": ("beta_slow", ("yarn", "yarn_pose")),
+    "rope_mscale": ("mscale", ("yarn",)),
+    "rope_mscale_all_dim": ("mscale_all_dim", ("yarn",)),
+    "rope_attention_factor": ("attention_factor", ("yarn", "yarn_pose", "longrope")),
+    "rope_short_factor": ("short_factor", ("longrope",)),
+    "rope_long_factor": ("long_factor", ("longrope",)),
+}
+ROPE_FLAG_DESTS = ("rope_scaling_type", "rope_scaling_factor", "rope_original_max_position",
+                   *_ROPE_PARAMETER_FLAGS)
+# LLaMA 3.1's published values (HF's and Megatron-Core's defaults for llama3 scaling).
+LLAMA3_DEFAULTS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
 
 
 def add_pose_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The PoSE flags; also Megatron-LM's ``extra_args_provider`` (see pose_megatron.megatron_lm)."""
+    """Add the PoSE and RoPE-scaling flags to ``parser``: the one definition of these flags.
+
+    Used by ``python -m pose_megatron.train`` and, as Megatron-LM's ``extra_args_provider``, by
+    ``pose_megatron.megatron_lm.add_pose_args``. Flags the parser already defines keep their
+    definition (Megatron-LM has ``--rope-scaling-factor`` for its LLaMA-3.x scaling, default 8.0);
+    such a flag's default is set to this function's, so an unset flag means the same in both
+    entry points ("derive it from --pose-target-len").
+    """
     from pose_megatron.positions import CONTENT_OFFSETS, SCHEMES
 
+    existing = set(parser._option_string_actions)  # noqa: SLF001 - argparse has no public query
     g = parser.add_argument_group("PoSE", "Positional Skip-wise training (arXiv 2309.10400)")
-    g.add_argument("--pose-train-len", type=int, default=None,
-                   help="tokens per training sample (the paper's L_c, e.g. 2048); default "
-                        "--seq-length")
-    g.add_argument("--pose-target-len", type=int, default=None,
-                   help="context length to extend to (L_t, e.g. 16384); position ids stay below it;"
-                        " default --pose-train-len (plain training)")
-    g.add_argument("--pose-num-chunks", type=int, default=2,
-                   help="chunks per sample (N; the paper uses 2)")
-    g.add_argument("--pose-scheme", choices=SCHEMES, default="reference",
-                   help="how positions are drawn: reference (the authors' code), uniform (the "
-                        "paper's N-chunk form), full (0..L-1), randpos (the RandPos baseline)")
-    g.add_argument("--pose-content-offset", choices=CONTENT_OFFSETS, default="random",
-                   help="where each chunk's tokens come from in the document: random (reference),"
-                        " zero (contiguous), equal_u (content skips like the positions)")
-    g.add_argument("--rope-scaling-type", choices=ROPE_SCALING_TYPES, default=None,
-                   help="RoPE scaling for the extended window: linear (position interpolation), "
-                        "ntk (fixed NTK-aware base, the PoSE reference's), yarn (HF's), "
-                        "yarn_pose (the PoSE reference's revised YaRN), dynamic (dynamic NTK: "
-                        "for evaluation; inactive on short PoSE windows), llama3, none; "
-                        "default: keep the checkpoint's own")
-    g.add_argument("--rope-scaling-factor", type=float, default=None,
-                   help="RoPE scaling factor s; default target_len / original window")
-    g.add_argument("--rope-original-max-position", type=int, default=None,
-                   help="the model's original window for RoPE scaling; default the checkpoint's "
-                        "max_position_embeddings")
+
+    def add(flag, **kwargs):
+        if flag in existing:
+            dest = parser._option_string_actions[flag].dest  # noqa: SLF001
+            parser.set_defaults(**{dest: kwargs.get("default")})
+        else:
+            g.add_argument(flag, **kwargs)
+
+    add("--pose-train-len", type=int, default=None,
+        help="tokens per training sample (the paper's L_c, e.g. 2048); default --seq-length")
+    add("--pose-target-len", type=int, default=None,
+        help="context length to extend to (L_t, e.g. 16384); position ids stay below it; "
+             "default --pose-train-len (plain training)")
+    add("--pose-num-chunks", type=int, default=2,
+        help="chunks per sample (N; the paper and the reference scheme use 2)")
+    add("--pose-scheme", choices=SCHEMES, default="reference",
+        help="how positions are drawn: reference (the authors' code), uniform (the paper's "
+             "N-chunk form), full (0..L-1), randpos (the RandPos baseline)")
+    add("--pose-content-offset", choices=CONTENT_OFFSETS, default="random",
+        help="where each chunk's tokens come from in the document: random (reference), zero "
+             "(contiguous), equal_u (content skips like the positions)")
+    add("--pose-short-docs", choices=("skip", "pack"), default="skip",
+        help="documents shorter than --pose-train-len: skip them (the paper's data has none), "
+             "or pack consecutive ones into one sample")
+    g = parser.add_argument_group(
+        "RoPE scaling", "the RoPE of the extended model; parameters use HF's rope_scaling names")
+    add("--rope-scaling-type", choices=ROPE_SCALING_TYPES, default=None,
+        help="linear (position interpolation), ntk (fixed NTK-aware base, the PoSE reference's), "
+             "dynamic (dynamic NTK: for evaluation, inactive on short PoSE windows), yarn (HF's), "
+             "yarn_pose (the PoSE reference's revised YaRN), llama3 (LLaMA 3.1 band scaling), "
+             "longrope (per-frequency factors, needs --rope-short-factor/--rope-long-factor), "
+             "none (plain RoPE); default: keep the checkpoint's own")
+    add("--rope-scaling-factor", type=float, default=None,
+        help="RoPE scaling factor s; default --pose-target-len / original window")
+    add("--rope-original-max-position", type=int, default=None,
+        help="the model's original window for RoPE scaling; default the checkpoint's "
+             "(original_)max_position_embeddings")
+    add("--rope-low-freq-factor", type=float, default=None,
+        help="llama3: low_freq_factor (default 1.0, LLaMA 3.1's)")
+    add("--rope-high-freq-factor", type=float, default=None,
+        help="llama3: high_freq_factor (default 4.0, LLaMA 3.1's)")
+    add("--rope-beta-fast", type=float, default=None,
+        help="yarn, yarn_pose: beta_fast, rotations where the ramp starts (default 32)")
+    add("--rope-beta-slow", type=float, default=None,
+        help="yarn, yarn_pose: beta_slow, rotations where the ramp ends (default 1)")
+    add("--rope-mscale", type=float, default=None,
+        help="yarn: mscale of the attention factor (DeepSeek style, with --rope-mscale-all-dim)")
+    add("--rope-mscale-all-dim", type=float, default=None,
+        help="yarn: mscale_all_dim of the attention factor")
+    add("--rope-attention-factor", type=float, default=None,
+        help="yarn, yarn_pose, longrope: attention factor multiplying cos and sin (default "
+             "0.1*ln(s)+1 for YaRN, sqrt(1+ln(s)/ln(original)) for longrope)")
+    add("--rope-short-factor", nargs="+", default=None, metavar="F",
+        help="longrope: rotary_dim/2 per-frequency divisors within the original window, as "
+             "numbers or one JSON file holding a list")
+    add("--rope-long-factor", nargs="+", default=None, metavar="F",
+        help="longrope: rotary_dim/2 per-frequency divisors beyond the original window, as "
+             "numbers or one JSON file holding a list")
     return parser
+
+
+def _float_list(flag: str, values) -> list:
+    """A --rope-*-factor list: numbers, or one JSON file holding a list of numbers."""
+    import json
+
+    if len(values) == 1 and not _looks_numeric(values[0]):
+        try:
+            with open(values[0]) as f:
+                values = json.load(f)
+        except OSError as err:
+            raise ValueError(f"{flag} {values[0]}: {err.strerror}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{flag} {values[0]}: not JSON ({err.msg})") from None
+        if not isinstance(values, list):
+            raise ValueError(f"{flag}: the JSON file must hold a list of numbers")
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{flag}: expected numbers, got {values!r}") from None
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_rope_flags(args) -> None:
+    """Refuse RoPE flags that do not fit --rope-scaling-type (ValueError naming the flag)."""
+    rope_type = getattr(args, "rope_scaling_type", None)
+    for dest, (_, types) in _ROPE_PARAMETER_FLAGS.items():
+        if getattr(args, dest, None) is not None and rope_type not in types:
+            raise ValueError(f"{_flag(dest)} applies to --rope-scaling-type {' or '.join(types)}, "
+                             f"not {rope_type or 'the checkpoint default (unset)'}")
+    if rope_type == "longrope":
+        for dest in ("rope_short_factor", "rope_long_factor"):
+            if getattr(args, dest, None) is None:
+                raise ValueError(f"--rope-scaling-type longrope needs {_flag(dest)}")
+    factor = getattr(args, "rope_scaling_factor", None)
+    if factor is not None and rope_type not in ("none", None) and not factor >= 1:
+        raise ValueError(f"--rope-scaling-factor {factor} is below 1")
+
+
+def rope_scaling_from_flags(args, *, original: int, target_len: int) -> dict | None:
+    """The validated HF-style rope_scaling dict that the --rope-* flags of ``args`` ask for.
+
+    ``args`` has the flags' names as attributes (an argparse Namespace) or keys (a dict, e.g.
+    read out of Megatron-LM 0.19's config container: ``ROPE_FLAG_DESTS``); ``original``
+    is the model's original window and ``target_len`` the PoSE target (the factor's default is
+    target / original). ``--rope-scaling-type`` must be set (None means "keep the checkpoint's",
+    which the caller decides).
+    """
+    from pose_megatron.rope import canonical_rope_scaling
+
+    if isinstance(args, dict):
+        args = argparse.Namespace(**{dest: args.get(dest) for dest in ROPE_FLAG_DESTS})
+    check_rope_flags(args)
+    rope_type = args.rope_scaling_type
+    if rope_type == "none":
+        return None
+    factor = getattr(args, "rope_scaling_factor", None) or target_len / original
+    scaling = {"rope_type": rope_type, "factor": float(factor)}
+    if rope_type != "linear":  # HF's linear scaling has no such key
+        scaling["original_max_position_embeddings"] = int(original)
+    if rope_type == "llama3":
+        scaling.update(LLAMA3_DEFAULTS)
+    for dest, (key, types) in _ROPE_PARAMETER_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            scaling[key] = _float_list(_flag(dest), value) \
+                if key in ("short_factor", "long_factor") else float(value)
+    return canonical_rope_scaling(scaling, source="--rope-scaling-type " + rope_type)
+
+
+def add_resume_arguments(g) -> None:
+    """What a resumed run may change (Megatron-LM's names where it has them); without these a
+    resume whose flags differ from the checkpoint's schedule, optimizer state or RoPE is refused."""
+    g.add_argument("--override-opt-param-scheduler", action="store_true",
+                   help="on resume, apply --lr, --min-lr, --lr-warmup-iters, --lr-decay-iters "
+                        "(--train-iters) and --lr-decay-style instead of the checkpoint's LR "
+                        "schedule (its step count is kept)")
+    g.add_argument("--use-checkpoint-opt-param-scheduler", action="store_true",
+                   help="on resume, continue the checkpoint's LR schedule even where those flags "
+                        "differ")
+    g.add_argument("--no-load-optim", action="store_true",
+                   help="on resume, do not load the optimizer state (Adam moments start fresh); "
+                        "needed to resume a --no-save-optim checkpoint")
+    g.add_argument("--override-rope-scaling", action="store_true",
+                   help="on resume, let --rope-scaling-* change the checkpoint's RoPE (earlier "
+                        "iterations keep their own settings)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,9 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "checked against the vocabulary size")
     g.add_argument("--data-cache-path", default=None,
                    help="where the sample index of --data-path is cached; default beside the data")
-    g.add_argument("--pose-short-docs", choices=("skip", "pack"), default="skip",
-                   help="documents shorter than --pose-train-len: skip them (the paper) or pack "
-                        "consecutive ones into one sample")
 
     g = p.add_argument_group("training")
     g.add_argument("--micro-batch-size", type=int, default=1, help="samples per micro-batch")
@@ -144,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save every N steps (and at the end); default only at the end")
     g.add_argument("--no-save-optim", action="store_true",
                    help="leave the optimizer state out of checkpoints (smaller, not resumable)")
+    add_resume_arguments(g)
     g.add_argument("--log-interval", type=int, default=1, help="steps per log line")
     g.add_argument("--tensorboard-dir", default=None,
                    help="write TensorBoard scalars here (when tensorboard is installed)")
@@ -185,11 +340,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         _fail(parser, f"--save-interval must be >= 1, got {args.save_interval}")
     if args.save_interval and not args.save:
         _fail(parser, "--save-interval needs --save")
+    if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
+        _fail(parser, "--override-opt-param-scheduler and --use-checkpoint-opt-param-scheduler "
+                      "exclude each other")
     if args.finetune and not args.load:
         _fail(parser, "--finetune needs --load (the checkpoint whose weights start the run)")
     if args.load and not os.path.isdir(args.load):
         _fail(parser, f"--load {args.load}: no such directory")
     args.lr_decay_iters = args.lr_decay_iters or args.train_iters
+    try:
+        check_rope_flags(args)
+        for dest in ("rope_short_factor", "rope_long_factor"):
+            if getattr(args, dest) is not None:
+                _float_list(_flag(dest), getattr(args, dest))
+    except ValueError as err:
+        _fail(parser, str(err))
     if args.lr_warmup_iters >= args.lr_decay_iters:
         _fail(parser, f"--lr-warmup-iters {args.lr_warmup_iters} must be below --lr-decay-iters "
                       f"(default --train-iters) {args.lr_decay_iters}")
@@ -201,32 +366,21 @@ def _default_ffn(hidden: int) -> int:
 
 
 def rope_scaling_from_args(args, base: ModelArgs) -> dict | None:
-    """The HF-style rope_scaling dict the flags ask for (None: keep ``base``'s)."""
+    """The HF-style rope_scaling dict the flags ask for (None: plain RoPE; unset type: ``base``'s)."""
     if args.rope_scaling_type is None:
         return base.rope_scaling
-    if args.rope_scaling_type == "none":
-        return None
     original = args.rope_original_max_position or (
         (base.rope_scaling or {}).get("original_max_position_embeddings")
         or base.max_position_embeddings)
-    factor = args.rope_scaling_factor or args.pose_target_len / original
-    if factor < 1:
-        raise ValueError(f"--rope-scaling-factor {factor} is below 1")
-    return rope_scaling_dict(args.rope_scaling_type, factor, int(original))
+    return rope_scaling_from_flags(args, original=int(original), target_len=args.pose_target_len)
 
 
-def rope_scaling_dict(rope_type: str, factor: float, original: int) -> dict | None:
-    """HF-style rope_scaling for a --rope-scaling-type flag (None for "none").
-
-    "ntk" stays the PoSE reference's fixed NTK (base * s^(d/(d-2))), not HF's dynamic NTK, which
-    is keyed on sequence length and so never activates on short PoSE training windows.
-    """
-    if rope_type == "none":
+def rope_scaling_dict(rope_type, factor, original: int) -> dict | None:
+    """Transitional form of ``rope_scaling_from_flags`` for type + factor only (None: plain)."""
+    if rope_type in (None, "none"):
         return None
-    scaling = {"rope_type": rope_type, "factor": float(factor)}
-    if rope_type != "linear":  # HF's linear scaling has no such key
-        scaling["original_max_position_embeddings"] = int(original)
-    return scaling
+    return rope_scaling_from_flags({"rope_scaling_type": rope_type, "rope_scaling_factor": factor},
+                                   original=original, target_len=int(factor * original))
 
 
 def model_args_from(args, loaded: ModelArgs | None = None) -> ModelArgs:
