@@ -184,6 +184,21 @@ def _verify_longrope(args: ModelArgs, hf: dict, factors, mscale) -> None:
             )
 
 
+def exported_window(args: ModelArgs, scaling: Optional[dict]) -> int:
+    """max_position_embeddings of the exported config.
+
+    transformers (5.x, RotaryEmbeddingConfigMixin._validate_yarn_rope_parameters) takes a YaRN
+    factor to be max_position_embeddings / original_max_position_embeddings and warns on every
+    load when that ratio is neither the factor nor 1. Its YaRN reads only the factor and the
+    original window, so writing the window YaRN extends to (original * factor) changes no
+    number and silences the warning; it is also the length serving stacks cap the context at.
+    """
+    if scaling and scaling.get("rope_type") == "yarn" and scaling.get("factor"):
+        original = int(scaling.get("original_max_position_embeddings", args.max_position_embeddings))
+        return int(round(original * float(scaling["factor"])))
+    return args.max_position_embeddings
+
+
 def hf_config_from_args(args: ModelArgs, dtype: Optional[str] = None) -> dict:
     theta, scaling = export_rope(args)
     cfg = {
@@ -199,7 +214,7 @@ def hf_config_from_args(args: ModelArgs, dtype: Optional[str] = None) -> dict:
         "hidden_act": "silu",
         "rms_norm_eps": args.norm_eps,
         "tie_word_embeddings": args.tie_word_embeddings,
-        "max_position_embeddings": args.max_position_embeddings,
+        "max_position_embeddings": exported_window(args, scaling),
         "initializer_range": args.init_method_std,
         "bos_token_id": args.bos_token_id,
         "eos_token_id": args.eos_token_id,

@@ -19,7 +19,12 @@ import torch
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
     "added_tokens.json", "vocab.json", "merges.txt", "generation_config.json",
+    # the chat template: transformers >= 4.47 saves it beside tokenizer_config.json, not in it;
+    # an Instruct model without it formats no conversation
+    "chat_template.jinja", "chat_template.json",
 )
+# transformers 5 saves named chat templates besides the default one as files in this directory
+TOKENIZER_DIRS = ("additional_chat_templates",)
 
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
@@ -314,5 +319,10 @@ def copy_tokenizer(src: Optional[str], dst: str) -> Tuple[str, ...]:
         path = os.path.join(src, name)
         if os.path.isfile(path):
             shutil.copy2(path, os.path.join(dst, name))
+            copied.append(name)
+    for name in TOKENIZER_DIRS:
+        path = os.path.join(src, name)
+        if os.path.isdir(path):
+            shutil.copytree(path, os.path.join(dst, name))
             copied.append(name)
     return tuple(copied)
