@@ -7,15 +7,18 @@ non-decreasing skip biases ``u_0 = 0 <= u_1 <= ... <= target_len - train_len``, 
 is below ``target_len`` and positions are contiguous inside a chunk.
 
 Schemes:
-  reference  the PoSE authors' code (the default): two chunks, ``l_0 ~ U{1..floor((L+1)/2)}``,
-             ``u_1 ~ U{0..target-train}``, content of chunk 1 ending at ``e ~ U{train..len}``
-             (``content_offset="random"``); documents are first truncated to
-             ``max_doc_factor * train_len`` tokens; shorter documents than ``train_len`` keep
-             contiguous content and are shifted as a whole by ``s ~ U{0..target-len}``.
+  reference  ``train_preprocess_function_pose`` of the PoSE authors' ``src/train_pose.py``
+             (the default), for a document of ``len`` tokens truncated to ``max_doc_len``
+             (default ``target_len``), with ``c = min(len, train_len)`` sample tokens: two chunks,
+             ``l_0 ~ U{1..floor((c+1)/2)}``, ``l_1 = c - l_0``; chunk 0 is ``x[0:l_0]`` at
+             positions ``0..l_0-1`` (BOS stays at 0); chunk 1 is ``x[e-l_1:e]`` with
+             ``e ~ U{c..len}`` (``content_offset="random"``) at positions shifted by
+             ``u_1 ~ U{0..target-c}``. A document shorter than ``train_len`` (``c = len``) thus
+             keeps its whole content and chunk 0's positions, and only the rest is shifted.
   uniform    the paper's general form: N chunks whose lengths are a uniformly random composition
-             of ``train_len`` into N positive parts (N-1 distinct cut points drawn uniformly from
-             1..L-1), ``u_i ~ U{u_{i-1}..target-train}``; ``u_0 = 0`` keeps the first token (BOS)
-             at position 0 as the reference does. Short documents as in ``reference``.
+             of ``c`` into N positive parts (N-1 distinct cut points drawn uniformly from
+             1..c-1), ``u_i ~ U{u_{i-1}..target-c}``; ``u_0 = 0`` keeps the first token (BOS)
+             at position 0 as the reference does. Short documents get ``min(N, len)`` chunks.
   full       positions 0..n-1 (plain or full-length training; ``target_len`` only validated).
   randpos    the RandPos baseline: n distinct positions drawn from range(target_len), sorted, on
              contiguous content.
@@ -51,7 +54,6 @@ CONTENT_OFFSETS = ("random", "zero", "equal_u")
 _STREAM_CUT = 1_000
 _STREAM_SKIP = 2_000
 _STREAM_CONTENT = 3_000
-_STREAM_SHORT_SHIFT = 4_000
 _STREAM_RANDPOS = 5_000
 
 _U64 = np.uint64
@@ -137,7 +139,7 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 def validate(
     train_len, target_len, *, num_chunks=2, scheme="reference", content_offset="random",
-    seed=0, max_doc_factor=5,
+    seed=0, max_doc_len=None,
 ) -> None:
     """Raise a clear ``ValueError``/``TypeError`` for a bad PoSE configuration."""
     train_len = _check_int("train_len", train_len, 1)
@@ -164,8 +166,8 @@ def validate(
     seed = _check_int("seed", seed, 0)
     if seed > _MASK64:
         raise ValueError(f"seed must be below 2**64, got {seed}")
-    if max_doc_factor is not None:
-        _check_int("max_doc_factor", max_doc_factor, 1)
+    if max_doc_len is not None:
+        _check_int("max_doc_len", max_doc_len, train_len)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,7 +228,7 @@ def _monotone_draws(seed, stream, idx, num_chunks, upper) -> np.ndarray:
     return out
 
 
-def _validate_batch(train_len, indices, doc_lens, max_doc_factor):
+def _validate_batch(train_len, target_len, indices, doc_lens, max_doc_len):
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     if idx.size and idx.min() < 0:
         raise ValueError("sample indices must be >= 0")
@@ -242,9 +244,7 @@ def _validate_batch(train_len, indices, doc_lens, max_doc_factor):
                 f"document of sample {int(idx[bad])} has {int(doc[bad])} tokens < train_len "
                 f"{train_len}; use pose_position_ids() for short documents"
             )
-    if max_doc_factor is not None:
-        doc = np.minimum(doc, max_doc_factor * train_len)
-    return idx, doc
+    return idx, np.minimum(doc, target_len if max_doc_len is None else max_doc_len)
 
 
 def _chunk_tables(train_len, target_len, idx, doc, num_chunks, scheme, content_offset, seed):
@@ -278,17 +278,19 @@ def pose_position_ids_batch(
     scheme: str = "reference",
     content_offset: str = "random",
     seed: int = 0,
-    max_doc_factor: Optional[int] = 5,
+    max_doc_len: Optional[int] = None,
 ) -> PoSEBatch:
     """PoSE samples ``indices`` (global sample numbers) for documents of at least ``train_len``.
 
     ``doc_lens[b]`` is the length of sample b's document (default: exactly ``train_len``, i.e.
-    contiguous content). Documents shorter than ``train_len`` need ``pose_position_ids``, which
-    returns shorter samples. ``randpos`` describes each token as its own chunk.
+    contiguous content); documents are truncated to ``max_doc_len`` tokens (default
+    ``target_len``, see ``pose_position_ids``). Documents shorter than ``train_len`` need
+    ``pose_position_ids``, which returns shorter samples. ``randpos`` describes each token as its
+    own chunk.
     """
     validate(train_len, target_len, num_chunks=num_chunks, scheme=scheme,
-             content_offset=content_offset, seed=seed, max_doc_factor=max_doc_factor)
-    idx, doc = _validate_batch(train_len, indices, doc_lens, max_doc_factor)
+             content_offset=content_offset, seed=seed, max_doc_len=max_doc_len)
+    idx, doc = _validate_batch(train_len, target_len, indices, doc_lens, max_doc_len)
     batch = idx.shape[0]
     if scheme == "randpos":
         positions = np.stack([_randpos(seed, int(i), train_len, target_len) for i in idx]) \
@@ -330,15 +332,19 @@ def pose_position_ids(
     content_offset: str = "random",
     seed: int = 0,
     index: int = 0,
-    max_doc_factor: Optional[int] = 5,
+    max_doc_len: Optional[int] = None,
 ) -> PoSESample:
     """The PoSE sample number ``index`` of a run: position ids and the chunks they come from.
 
     ``doc_len`` is the length of the document the sample is cut from (default ``train_len``).
-    The sample has ``min(train_len, doc_len)`` tokens.
+    The sample has ``min(train_len, doc_len)`` tokens. The document is first truncated to
+    ``max_doc_len`` tokens, by default ``target_len``: the authors' code as the issue tracker
+    reads it (``max_length=scaled_max_position_embeddings``, their repository's pull request
+    #13); the authors' master branch truncates to ``5 * train_len`` instead (pass
+    ``max_doc_len=5 * train_len`` for that). It only bounds where chunk 1's content may end.
     """
     validate(train_len, target_len, num_chunks=num_chunks, scheme=scheme,
-             content_offset=content_offset, seed=seed, max_doc_factor=max_doc_factor)
+             content_offset=content_offset, seed=seed, max_doc_len=max_doc_len)
     index = _check_int("index", index, 0)
     doc_len = train_len if doc_len is None else _check_int("doc_len", doc_len, 1)
     n = min(train_len, doc_len)
@@ -350,14 +356,19 @@ def pose_position_ids(
         positions = _randpos(seed, index, n, target_len)
         return PoSESample(positions, _runs(positions))
     if doc_len < train_len:
-        # The reference keeps a short document whole and shifts it by one random bias.
-        shift = int(randint_inclusive(seed, _STREAM_SHORT_SHIFT, np.array([index], np.uint64),
-                                      0, target_len - n)[0])
-        return PoSESample(np.arange(shift, shift + n, dtype=np.int64), (Chunk(0, n, shift),))
+        # The reference runs its two-chunk code with the document's length in place of
+        # train_len: the content stays whole (e ~ U{len..len}), chunk 0 keeps positions from 0
+        # and only chunk 1 is shifted, by u_1 ~ U{0..target-len}.
+        idx = np.array([index], np.int64)
+        src, lengths, pos = _chunk_tables(n, target_len, idx, np.array([n], np.int64),
+                                          min(num_chunks, n), scheme, content_offset, seed)
+        chunks = tuple(Chunk(int(a), int(b), int(c))
+                       for a, b, c in zip(src[0], lengths[0], pos[0]) if b > 0)
+        return PoSESample(_fill_ranges(pos, lengths, n, use_native=False)[0], chunks)
 
     batch = pose_position_ids_batch(
         train_len, target_len, [index], doc_lens=[doc_len], num_chunks=num_chunks, scheme=scheme,
-        content_offset=content_offset, seed=seed, max_doc_factor=max_doc_factor,
+        content_offset=content_offset, seed=seed, max_doc_len=max_doc_len,
     )
     chunks = tuple(
         Chunk(int(s), int(l), int(p))

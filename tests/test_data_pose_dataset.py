@@ -74,7 +74,7 @@ def check_sample(ds, docs, idx, config):
     ref = pose_position_ids(TRAIN, TARGET, doc_len=full, num_chunks=config.num_chunks,
                             scheme=config.scheme, content_offset=config.content_offset,
                             seed=config.random_seed, index=idx,
-                            max_doc_factor=config.max_doc_factor)
+                            max_doc_len=config.max_doc_len)
     expected = np.concatenate([vdoc[c.src_start:c.src_start + c.length] for c in ref.chunks])
     np.testing.assert_array_equal(s["tokens"], expected)
     np.testing.assert_array_equal(s["position_ids"], ref.position_ids)

@@ -20,7 +20,7 @@ def configs(draw, schemes=("reference", "uniform", "full", "randpos")):
         content_offset=draw(st.sampled_from(P.CONTENT_OFFSETS)),
         seed=draw(st.integers(0, 2**64 - 1)), index=draw(st.integers(0, 2**40)),
         doc_len=draw(st.one_of(st.none(), st.integers(1, 8 * train + 10))),
-        max_doc_factor=draw(st.sampled_from([None, 1, 5])),
+        max_doc_len=draw(st.sampled_from([None, train, 5 * train])),
     )
 
 
@@ -42,7 +42,7 @@ def test_invariants(cfg):
         np.testing.assert_array_equal(pos[at:at + c.length], c.pos_start + np.arange(c.length))
         at += c.length
     # Content comes from the (truncated) document, in order, without overlap.
-    usable = doc if cfg["max_doc_factor"] is None else min(doc, cfg["max_doc_factor"] * train)
+    usable = min(doc, cfg["max_doc_len"] or target)
     tok = s.token_index
     assert tok.shape == (n,) and tok.min() >= 0 and tok.max() < usable
     assert np.all(np.diff(tok) > 0)
@@ -57,11 +57,12 @@ def test_chunked_scheme_rules(cfg):
     train, target = cfg["train_len"], cfg["target_len"]
     doc = train if cfg["doc_len"] is None else cfg["doc_len"]
     if doc < train:
-        # Short documents: contiguous content, one shifted block.
-        assert len(s.chunks) == 1 and s.chunks[0].src_start == 0
-        assert 0 <= s.chunks[0].pos_start <= target - doc
+        # Short documents: whole content, chunk 0 from position 0, the rest shifted.
+        np.testing.assert_array_equal(s.token_index, np.arange(doc))
+        assert s.chunks[0].src_start == 0 and s.position_ids[0] == 0
+        assert s.position_ids[-1] <= target - 1
         return
-    usable = doc if cfg["max_doc_factor"] is None else min(doc, cfg["max_doc_factor"] * train)
+    usable = min(doc, cfg["max_doc_len"] or target)
     lengths = np.array([c.length for c in s.chunks])
     starts = np.cumsum(lengths) - lengths
     skips = np.array([c.pos_start for c in s.chunks]) - starts
@@ -84,7 +85,7 @@ def test_chunked_scheme_rules(cfg):
 def test_batch_rows_equal_single_samples(cfg):
     doc = max(cfg["doc_len"] or cfg["train_len"], cfg["train_len"])
     indices = [cfg["index"], cfg["index"] + 1, 7]
-    kw = {k: cfg[k] for k in ("num_chunks", "scheme", "content_offset", "seed", "max_doc_factor")}
+    kw = {k: cfg[k] for k in ("num_chunks", "scheme", "content_offset", "seed", "max_doc_len")}
     b = pose_position_ids_batch(cfg["train_len"], cfg["target_len"], indices,
                                 doc_lens=[doc] * 3, **kw)
     for row, k in enumerate(indices):
@@ -123,13 +124,14 @@ def test_reference_draw_ranges_are_exactly_the_papers():
     assert abs(np.corrcoef(first, skip)[0, 1]) < 0.03
 
 
-def test_document_truncation_to_five_windows():
+def test_documents_are_truncated_to_the_target_length():
     b = pose_position_ids_batch(10, 40, np.arange(5000), doc_lens=np.full(5000, 1000))
     end = b.src_start[:, 1] + b.length[:, 1]
-    assert end.max() == 50 and end.min() == 10
+    assert end.max() == 40 and end.min() == 10
+    # The authors' master branch (5 x train_len) on request.
     b = pose_position_ids_batch(10, 40, np.arange(5000), doc_lens=np.full(5000, 1000),
-                                max_doc_factor=None)
-    assert (b.src_start[:, 1] + b.length[:, 1]).max() > 900
+                                max_doc_len=50)
+    assert (b.src_start[:, 1] + b.length[:, 1]).max() == 50
 
 
 def test_uniform_chunk_lengths_are_uniform_compositions():

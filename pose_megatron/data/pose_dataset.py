@@ -16,8 +16,9 @@ Sample ``i`` (``__getitem__``), all NumPy, ``L = train_len``:
   that together reach ``L`` (``"pack"``; read as one document, EOD tokens included, attention
   not reset between them);
 - ``pose_megatron.positions`` with (``pose_seed``, ``i``) and the document length picks the
-  chunks (document truncated to ``max_doc_factor * L`` first, as the reference does) and their
-  position ids, so any rank, worker or resumed run regenerates the same sample;
+  chunks (document truncated to ``max_doc_len``, by default the target length, first, as the
+  reference does) and their position ids, so any rank, worker or resumed run regenerates the same
+  sample;
 - ``tokens`` int64 [L]: the chunks' content concatenated; ``position_ids`` int64 [L];
 - ``labels`` int64 [L]: ``labels[j] = tokens[j + 1]`` (the chunk boundary is not masked, as in
   the reference); the last label is the document token right after the last chunk, with
@@ -72,10 +73,13 @@ class PoseDatasetConfig(GPTDatasetConfig):
     scheme: str = "reference"
     content_offset: str = "random"
     short_docs: str = "skip"
-    """``skip`` documents shorter than train_len (the paper) or ``pack`` them together."""
+    """``skip`` documents shorter than train_len (the paper's data has none) or ``pack`` them
+    together. Either way every sample has train_len tokens: the reference's short-document branch
+    (``pose_position_ids`` with ``doc_len < train_len``) would give shorter, padded samples."""
 
-    max_doc_factor: int = 5
-    """Documents are truncated to max_doc_factor * train_len before chunking (the reference)."""
+    max_doc_len: Optional[int] = None
+    """Documents (or packs) are truncated to this many tokens before chunking; default
+    ``target_len`` (see ``pose_megatron.positions.pose_position_ids``)."""
 
     max_epochs: Optional[int] = None
     """Refuse to repeat a corpus more than this many times to supply the requested samples."""
@@ -99,7 +103,7 @@ class PoseDatasetConfig(GPTDatasetConfig):
             raise ValueError("PoseDatasetConfig needs target_len (the context length to reach)")
         validate(self.train_len, self.target_len, num_chunks=self.num_chunks, scheme=self.scheme,
                  content_offset=self.content_offset, seed=self.random_seed,
-                 max_doc_factor=self.max_doc_factor)
+                 max_doc_len=self.max_doc_len)
         if self.short_docs not in sample_index_lib.SHORT_DOCS:
             raise ValueError(f"short_docs must be one of {sample_index_lib.SHORT_DOCS}, "
                              f"got {self.short_docs!r}")
@@ -204,7 +208,7 @@ class PoseGPTDataset(MegatronDataset):
     def _key_config_attributes() -> List[str]:
         return MegatronDataset._key_config_attributes() + [
             "train_len", "target_len", "num_chunks", "scheme", "content_offset", "short_docs",
-            "max_doc_factor"]
+            "max_doc_len"]
 
     # -- index ---------------------------------------------------------------------------------
 
@@ -279,7 +283,7 @@ class PoseGPTDataset(MegatronDataset):
                 self.train_len, self.config.target_len, np.arange(lo, hi), doc_lens=doc_lens,
                 num_chunks=self.config.num_chunks, scheme=self.config.scheme,
                 content_offset=self.config.content_offset, seed=self.pose_seed,
-                max_doc_factor=self.config.max_doc_factor)
+                max_doc_len=self.config.max_doc_len)
             self._block, self._block_lo = block, lo
             self._block_positions, self._block_token_index = batch.position_ids, batch.token_index
         row = idx - self._block_lo
