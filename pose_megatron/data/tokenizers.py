@@ -67,6 +67,17 @@ class PoseTokenizer(MegatronTokenizerBase):
             return self._sp.EncodeAsIds(text)
         return self._hf.encode(text, add_special_tokens=False)
 
+    def tokenize_batch(self, texts: List[str]) -> List[List[int]]:
+        """``[tokenize(t) for t in texts]`` in one call into the tokenizer's native code.
+
+        Sentencepiece encodes on one thread; a Hugging Face tokenizer as ``TOKENIZERS_PARALLELISM``
+        says (preprocessing workers turn it off: they parallelise over processes, one core each).
+        """
+        if self.kind == "sentencepiece":
+            return self._sp.Encode(texts, out_type=int, num_threads=1)
+        return self._hf(texts, add_special_tokens=False, return_attention_mask=False,
+                        return_token_type_ids=False)["input_ids"]
+
     def detokenize(self, ids) -> str:
         ids = [int(i) for i in ids]
         if self.kind == "sentencepiece":
