@@ -168,6 +168,30 @@ def test_cache_is_reused_and_backends_agree(tokenizer, corpora, tmp_path):
         np.testing.assert_array_equal(again[k]["tokens"], first[k]["tokens"])
 
 
+def test_corpus_changed_under_the_same_prefix_gets_a_new_index(tokenizer, tmp_path):
+    # The cache key covers the .idx content: a rewritten corpus must not reuse the old index
+    # (it would train on the wrong documents or fail later with an IndexError).
+    prefix, cache = str(tmp_path / "corpus"), str(tmp_path / "cache")
+    write_corpus(prefix, [TRAIN + 5 * k for k in range(40)], seed=1)
+    config = make_config(tokenizer, ([prefix], None), path_to_cache=cache,
+                         index_backend="numpy")
+    first = build(config, [60, 4, 0])[0]
+    old = set(os.listdir(cache))
+    docs = write_corpus(prefix, [TRAIN + 200 + 3 * k for k in range(7)], seed=2)
+    second = build(config, [60, 4, 0])[0]
+    assert second.unique_description_hash != first.unique_description_hash
+    assert set(os.listdir(cache)) > old  # a new index beside the old one
+    assert int(second.index.doc_order.max()) < 7
+    for k in range(0, 60, 7):
+        check_sample(second, docs, k, config)
+    # The same content written again keeps its key: the index is reused, not rebuilt.
+    write_corpus(prefix, [TRAIN + 200 + 3 * k for k in range(7)], seed=2)
+    files = set(os.listdir(cache))
+    third = build(config, [60, 4, 0])[0]
+    assert third.unique_description_hash == second.unique_description_hash
+    assert set(os.listdir(cache)) == files
+
+
 def test_attention_mask_is_causal(tokenizer, corpora, tmp_path):
     prefix, _ = corpora["a"]
     config = make_config(tokenizer, ([prefix], None), create_attention_mask=True,

@@ -30,6 +30,7 @@ Sample ``i`` (``__getitem__``), all NumPy, ``L = train_len``:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -174,6 +175,29 @@ def validate_indexed_dataset(path_prefix: str, vocab_size: Optional[int] = None)
     return {"sequences": int(count), "dtype_size": itemsize, "tokens": need // itemsize}
 
 
+_FINGERPRINTS: Dict[tuple, str] = {}
+
+
+def corpus_fingerprint(path_prefix: str) -> str:
+    """Hash of what a sample index depends on: the ``.idx`` header and its document lengths.
+
+    Part of the index's cache key, so a corpus rewritten under the same prefix (other documents,
+    other lengths) gets a new index instead of silently reusing the old one. Remembered per
+    (path, size, mtime) within a process: one pass over the lengths per corpus, not per split.
+    """
+    idx_path = get_idx_path(path_prefix)
+    st = os.stat(idx_path)
+    key = (os.path.abspath(idx_path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _FINGERPRINTS:
+        mm = np.memmap(idx_path, mode="r", dtype=np.uint8)
+        count = struct.unpack("<Q", bytes(mm[18:26]))[0]
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(mm[:_HEADER_BYTES])
+        digest.update(mm[_HEADER_BYTES:_HEADER_BYTES + 4 * count])
+        _FINGERPRINTS[key] = digest.hexdigest()
+    return _FINGERPRINTS[key]
+
+
 class PoseGPTDataset(MegatronDataset):
     """PoSE samples from one ``IndexedDataset`` split; see the module docstring."""
 
@@ -182,6 +206,13 @@ class PoseGPTDataset(MegatronDataset):
                  config: PoseDatasetConfig) -> None:
         super().__init__(indexed_dataset, dataset_path, indexed_indices, num_samples, index_split,
                          config)
+        # MegatronDataset keys caches on the path and config only; add the corpus content (the
+        # same JSON + MD5 as MegatronDataset, so blends built on top see it too).
+        self.unique_identifiers["corpus"] = corpus_fingerprint(indexed_dataset.path_prefix)
+        self.unique_description = json.dumps(
+            self.unique_identifiers, indent=4, default=lambda obj: obj.unique_identifiers)
+        self.unique_description_hash = hashlib.md5(
+            self.unique_description.encode("utf-8"), usedforsecurity=False).hexdigest()
         self.train_len = config.train_len
         self.pose_seed = int(config.random_seed)
         self._lengths = np.asarray(indexed_dataset.sequence_lengths)
