@@ -8,8 +8,13 @@ answers, and rewrite explicit ``device="cuda"`` allocations to the CPU.
 What needs redirecting, measured with megatron-core 0.16.1 and 0.19.2 on torch 2.13 (CPU build):
   1. ``torch.cuda.current_device()`` used as a device (RoPE ``inv_freq``, buffers, p2p shapes).
   2. ``device="cuda"`` allocations (default causal mask, pipeline schedules, loss reductions).
-  3. The CUDA RNG tracker: attention always forks it; seeding reads ``torch.cuda.get_rng_state``.
+  3. The CUDA RNG tracker: attention always forks it; seeding reads ``torch.cuda.get_rng_state``
+     (Megatron's private accessors for it are redirected through ``megatron_compat``).
   4. ``torch.cuda.synchronize`` / ``current_stream`` in schedules and grad sync.
+
+``install()`` / ``uninstall()`` are a pair (``uninstall`` restores every patched function and
+leaves the device-rewriting ``TorchFunctionMode``); ``redirected()`` is the same as a context
+manager. ``pose_megatron.parallel.initialize(device="cpu")`` installs them for the process.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import threading
 import torch
 from torch.overrides import TorchFunctionMode
 
-_installed = False
 _lock = threading.Lock()
+_undo: list = []  # callables restoring what install() changed, last change last
 
 
 def _is_cuda_device(device) -> bool:
@@ -67,43 +72,86 @@ def _cpu_current_device():
 
 
 def install() -> None:
-    """Install the redirects for this process (idempotent). Refuses on a machine with CUDA."""
-    global _installed
+    """Install the redirects for this process (idempotent; ``uninstall`` undoes them). Refuses
+    on a machine with CUDA.
+
+    Process-wide while installed: the CUDA allocations sit deep inside Megatron-Core calls
+    (schedules, masks) that a user's code does not wrap. ``redirected()`` scopes it instead.
+    """
     with _lock:
-        if _installed:
+        if _undo:
             return
         if torch.cuda.is_available():
             raise RuntimeError(
                 "pose_megatron.cpu_shims is for CPU-only runs; this machine has CUDA, "
                 "run Megatron-Core on the GPU instead"
             )
-        torch.cuda.current_device = _cpu_current_device
-        torch.cuda.synchronize = lambda *a, **k: None
-        torch.cuda.current_stream = lambda *a, **k: _NullStream()
-        torch.cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
-        torch.cuda.set_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
-        torch.cuda.manual_seed = lambda seed: torch.random.default_generator.manual_seed(seed)
-        torch.cuda.manual_seed_all = torch.cuda.manual_seed
+        from pose_megatron import megatron_compat
 
-        from megatron.core.tensor_parallel import random as mcore_random
+        megatron_compat.check_version("CPU redirects (cpu_shims)")
+        replacements = {
+            "current_device": _cpu_current_device,
+            "synchronize": lambda *a, **k: None,
+            "current_stream": lambda *a, **k: _NullStream(),
+            "get_rng_state": lambda *a, **k: torch.get_rng_state(),
+            "set_rng_state": lambda state, *a, **k: torch.set_rng_state(state),
+            "manual_seed": lambda seed: torch.random.default_generator.manual_seed(seed),
+        }
+        replacements["manual_seed_all"] = replacements["manual_seed"]
+        originals = {name: getattr(torch.cuda, name) for name in replacements}
+        for name, value in replacements.items():
+            setattr(torch.cuda, name, value)
 
-        mcore_random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
-        mcore_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+        def restore_cuda():
+            for name, value in originals.items():
+                setattr(torch.cuda, name, value)
 
-        # Stays active for the life of the process: the CUDA allocations sit deep inside
-        # Megatron-Core calls (schedules, masks) that a user's code does not wrap.
-        mode = _CudaToCpu()
-        mode.__enter__()
-        _installed = True
+        _undo.append(restore_cuda)
+        try:
+            _undo.append(megatron_compat.redirect_cuda_rng_to_cpu(
+                torch.get_rng_state, torch.set_rng_state))
+            mode = _CudaToCpu()
+            mode.__enter__()
+            _undo.append(lambda: mode.__exit__(None, None, None))
+        except BaseException:
+            _uninstall_locked()
+            raise
+
+
+def _uninstall_locked() -> None:
+    while _undo:
+        _undo.pop()()
+
+
+def uninstall() -> None:
+    """Undo ``install``: the original ``torch.cuda`` functions and Megatron's RNG accessors are
+    back and the device-rewriting mode is left. A no-op when not installed. Modes entered after
+    ``install`` must have been left first (torch keeps modes on a stack)."""
+    with _lock:
+        _uninstall_locked()
 
 
 def installed() -> bool:
-    return _installed
+    return bool(_undo)
+
+
+@contextlib.contextmanager
+def redirected():
+    """The redirects for the duration of a ``with`` block (left installed if they already were)."""
+    was = installed()
+    install()
+    try:
+        yield
+    finally:
+        if not was:
+            uninstall()
 
 
 @contextlib.contextmanager
 def maybe_installed(device: str):
-    """Install the redirects when ``device`` is the CPU; a no-op on CUDA."""
-    if device == "cpu":
-        install()
-    yield
+    """The redirects while the block runs when ``device`` is the CPU; a no-op on CUDA."""
+    if device != "cpu":
+        yield
+        return
+    with redirected():
+        yield

@@ -2,18 +2,25 @@
 
 ``build_model`` returns a ``PoseGPTModel``: a stock ``GPTModel`` (same modules, same ``state_dict``
 and ``sharded_state_dict`` keys) whose rotary module is ``PoseRotaryEmbedding`` and whose
-``forward`` binds the given ``position_ids`` to it before the stock forward runs. Every pipeline
-stage computes RoPE from the ``position_ids`` its caller passes, so intermediate stages need them
-too (the embedding stage does not forward them).
+``position_ids``/``attention_mask`` arguments are optional. Every pipeline stage computes RoPE from
+the ``position_ids`` its caller passes, so intermediate stages need them too (the embedding stage
+does not forward them).
 
-``enable_pose_rope`` does the same to a model that a Megatron-LM ``model_provider`` already built
-(local or Transformer Engine spec): it swaps the rotary module and installs forward hooks that bind
-``position_ids`` from each call (Megatron's schedules call the module, so the hooks run).
+``enable_pose_rope`` is the one way RoPE gets them, for our model and for one a Megatron-LM
+``model_provider`` built (local or Transformer Engine spec) alike: it gives the model a
+``PoseRotaryEmbedding`` and a forward pre-hook that binds the call's ``position_ids`` to it (and a
+hook that unbinds them). Megatron's schedules call the module, so the hooks run. ``GPTModel``
+passes no position ids to its rotary module (Megatron-LM issue #453); docs/
+upstream_rope_position_ids.md describes the upstream change that would make the hooks go.
+
+Attention scaling (YaRN, LongRoPE) is in the config's ``softmax_scale``, which attention reads when
+it is built: ``model_args_to_transformer_config`` sets it; a model built otherwise must have it
+(``enable_pose_rope`` checks).
 """
 
 from __future__ import annotations
 
-import warnings
+import dataclasses
 from typing import Optional
 
 import torch
@@ -22,7 +29,13 @@ import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
 
-from pose_megatron.rotary import PoseRotaryEmbedding, RopeSettings, configure_attention_scaling
+from pose_megatron.rotary import (
+    PoseRotaryEmbedding,
+    RopeSettings,
+    attention_softmax_scale,
+    check_attention_scale,
+    rope_attention_scaling,
+)
 
 SPECS = ("auto", "local", "te")
 
@@ -52,7 +65,8 @@ def model_args_to_transformer_config(args, **overrides) -> TransformerConfig:
 
     Parallel sizes come from Megatron's initialised parallel state; ``overrides`` win over
     everything (any ``TransformerConfig`` field: ``bf16``, ``sequence_parallel``, recompute...).
-    Fusions default to off, so the CPU runs; turn them on with overrides on a GPU.
+    Fusions default to off, so the CPU runs; turn them on with overrides on a GPU. The RoPE
+    type's attention scaling becomes ``softmax_scale`` (see ``pose_megatron.rotary``).
     """
     on_gpu = torch.cuda.is_available()
     params_dtype = overrides.get("params_dtype", torch.float32)
@@ -82,6 +96,9 @@ def model_args_to_transformer_config(args, **overrides) -> TransformerConfig:
         persist_layer_norm=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
+        softmax_scale=attention_softmax_scale(
+            rope_attention_scaling(RopeSettings.from_model_args(args), args.head_dim),
+            args.head_dim),
         **_parallel_sizes(),
     )
     kwargs.update(overrides)
@@ -112,19 +129,15 @@ def _layer_spec(spec: str, config: TransformerConfig):
 
 
 class PoseGPTModel(GPTModel):
-    """``GPTModel`` whose forward feeds ``position_ids`` to RoPE (and needs no attention mask)."""
+    """``GPTModel`` built with position-id-aware RoPE; ``position_ids=None`` means 0..s-1 and
+    ``attention_mask=None`` means causal."""
+
+    def __init__(self, *args, rope_settings, **kwargs):
+        super().__init__(*args, **kwargs)
+        enable_pose_rope(self, rope_settings)
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, *args, **kwargs):
-        """``input_ids``/``position_ids`` ``[b, s]``; ``position_ids=None`` means 0..s-1;
-        ``attention_mask=None`` means causal. Other arguments as ``GPTModel.forward``."""
-        rotary = getattr(self, "rotary_pos_emb", None)
-        if not isinstance(rotary, PoseRotaryEmbedding):
-            return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
-        rotary.bind(position_ids)
-        try:
-            return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
-        finally:
-            rotary.unbind()
+        return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
 
 
 def build_model(
@@ -167,8 +180,8 @@ def build_model(
         position_embedding_type="rope",
         rotary_base=args.rope_theta,
         vp_stage=vp_stage,
+        rope_settings=RopeSettings.from_model_args(args, rope_precision=rope_precision),
     )
-    enable_pose_rope(model, RopeSettings.from_model_args(args, rope_precision=rope_precision))
     return model
 
 
@@ -180,10 +193,8 @@ def _unwrap(model):
 
 
 def _bind_from_call(module, args, kwargs):
-    if "position_ids" in kwargs:
-        position_ids = kwargs["position_ids"]
-    else:
-        position_ids = args[1] if len(args) > 1 else None
+    position_ids = kwargs["position_ids"] if "position_ids" in kwargs else (
+        args[1] if len(args) > 1 else None)
     module.rotary_pos_emb.bind(position_ids)
 
 
@@ -192,12 +203,14 @@ def _unbind_after_call(module, args, kwargs, output):
 
 
 def enable_pose_rope(model, args_or_rope_settings, *, rope_precision: Optional[str] = None):
-    """Switch a Megatron-Core GPTModel (or a list of virtual-pipeline chunks, or a wrapped model)
-    to position-id-aware RoPE in place, and return it.
+    """Give a Megatron-Core GPTModel (or a list of virtual-pipeline chunks, or a wrapped model)
+    position-id-aware RoPE in place, and return it.
 
     ``args_or_rope_settings``: a ``ModelArgs``, a ``RopeSettings`` or a dict of its fields. The
-    model keeps every parameter and its ``state_dict`` keys; only ``rotary_pos_emb`` changes, and
-    the attention scaling of the chosen RoPE type is written into the model's config.
+    model keeps every parameter and its ``state_dict`` keys; only ``rotary_pos_emb`` changes.
+    Refused with a clear error: models whose attention applies Megatron's own YaRN factor, was
+    built without this RoPE type's attention scaling (``softmax_scale``), or fuses RoPE into
+    one QKV kernel (``fused_single_qkv_rope``, one table for the whole batch).
     """
     if isinstance(model, (list, tuple)):
         for chunk in model:
@@ -209,33 +222,29 @@ def enable_pose_rope(model, args_or_rope_settings, *, rope_precision: Optional[s
     config = inner.config
     if getattr(config, "multi_latent_attention", False):
         raise NotImplementedError("multi-latent attention has its own RoPE; not supported here")
-    if inner.position_embedding_type not in ("rope", "yarn"):
+    if inner.position_embedding_type != "rope":
         raise ValueError(
             f"the model uses position_embedding_type={inner.position_embedding_type!r}; PoSE needs "
-            f"a RoPE model ('rope' or 'yarn')"
+            f"a model built with 'rope' (its rope_scaling supplies YaRN and the other scalings)"
         )
+    if getattr(config, "fused_single_qkv_rope", False):
+        raise ValueError("fused_single_qkv_rope applies one RoPE table to the whole batch; build "
+                         "the config with it off for per-sample position ids")
     settings = RopeSettings.coerce(args_or_rope_settings)
     if rope_precision is not None:
-        settings.rope_precision = rope_precision
-    if getattr(config, "fused_single_qkv_rope", False):
-        warnings.warn("fused_single_qkv_rope takes one RoPE table for the batch; turning it off")
-        config.fused_single_qkv_rope = False
-
+        settings = dataclasses.replace(settings, rope_precision=rope_precision)
+    stock = inner.rotary_pos_emb
     rotary = PoseRotaryEmbedding(
         config.kv_channels,
         settings,
         rotary_percent=getattr(inner, "rotary_percent", 1.0),
         rotary_interleaved=config.rotary_interleaved,
         config=config,
-        cp_group=inner.pg_collection.cp if hasattr(inner, "pg_collection") else None,
+        cp_group=getattr(stock, "cp_group", None),
     )
+    check_attention_scale(config, rotary.attention_scaling, getattr(inner, "rotary_percent", 1.0))
     inner.rotary_pos_emb = rotary
-    # GPTModel's yarn branch unpacks (emb, mscale); ours returns the table and sets mscale below.
-    inner.position_embedding_type = "rope"
-    inner.rotary_pos_emb_cache = {}
-    configure_attention_scaling(config, rotary.attention_scaling, model=inner)
-
-    if not isinstance(inner, PoseGPTModel) and not getattr(inner, "_pose_rope_hooks", None):
+    if not getattr(inner, "_pose_rope_hooks", None):
         inner._pose_rope_hooks = (
             inner.register_forward_pre_hook(_bind_from_call, with_kwargs=True),
             inner.register_forward_hook(_unbind_after_call, with_kwargs=True, always_call=True),

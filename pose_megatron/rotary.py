@@ -11,9 +11,11 @@ unaffected; context parallelism slices the table like the stock module does.
 With no ids bound (or ``position_ids=None``) it returns the stock ``[S, 1, 1, D]`` table computed
 with the same float32 operations as Megatron-Core, so outputs are bit-identical to stock RoPE.
 
-Attention scaling (YaRN's, LongRoPE's) reaches attention the way Megatron-Core's own YaRN does it:
-through the config's ``yarn_*`` attributes, which attention turns into the ``mscale`` multiplying
-both cos and sin (HF multiplies both by ``attention_scaling`` too, so logits scale by its square).
+Attention scaling (YaRN's mscale, LongRoPE's attention factor): HF multiplies cos and sin by it,
+so attention logits scale by its square. Here it goes through Megatron-Core's public seam for that,
+``TransformerConfig.softmax_scale = attention_scaling**2 / sqrt(head_dim)`` (the way torchtitan
+folds it), set when the config is built (``attention_softmax_scale``); this module's cos/sin are
+unscaled, and a model built without that scale is refused (``check_attention_scale``).
 
 Precision (``rope_precision``):
 - ``"float32"`` (default): angle = float32(position) * float32(inv_freq), exactly HF and stock
@@ -34,17 +36,15 @@ Behaviour worth knowing:
 - THD (packed) batches take ids ``[1, total_tokens]``; Megatron maps such a table token by
   token. Inference with a KV cache asks for the cache's whole length and gets the contiguous
   table (decoding is contiguous).
-- Transformer Engine's fused RoPE kernel takes ``[S, 1, 1, D]`` only: when the config asks for
-  it, each forward turns ``apply_rope_fusion`` on for micro-batch 1 and off for per-sample
-  tables (B > 1), where Megatron's unfused apply runs. Megatron also falls back to unfused
-  whenever the attention scaling is not 1 (YaRN).
+- Transformer Engine's fused RoPE kernel takes ``[S, 1, 1, D]`` only: with ``apply_rope_fusion``
+  on, micro-batch 1 uses it and per-sample tables (B > 1, packed sequences) are refused with a
+  clear error rather than computed wrongly; build the config with it off for B > 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import Optional
 
 import torch
@@ -102,70 +102,65 @@ def _interleave_or_concat(freqs: Tensor, interleaved: bool) -> Tensor:
     return torch.stack((freqs, freqs), dim=-1).flatten(-2)
 
 
-def mscale_config_values(attention_scaling: float) -> tuple[float, float, float]:
-    """``(yarn_rotary_scaling_factor, yarn_mscale, yarn_mscale_all_dim)`` that make Megatron-Core's
-    attention multiply cos and sin by exactly ``attention_scaling``.
+def rope_attention_scaling(settings: RopeSettings, head_dim: int) -> float:
+    """The factor HF multiplies cos and sin by for this RoPE type (YaRN's mscale, LongRoPE's
+    attention factor; 1 for the others)."""
+    return rope.compute_inv_freq(
+        head_dim, settings.rope_theta, settings.rope_scaling,
+        max_position_embeddings=settings.max_position_embeddings, dtype=torch.float32,
+    )[1]
 
-    Attention computes ``0.1 * mscale * ln(s) + 1`` (divided by the same with ``mscale_all_dim``,
-    which 0 makes exactly 1). With ``s = e`` we search the float ``mscale`` whose evaluation rounds
-    to ``attention_scaling`` bit for bit, checking with Megatron-Core's own function.
+
+def attention_softmax_scale(attention_scaling: float, kv_channels: int) -> Optional[float]:
+    """``TransformerConfig.softmax_scale`` that gives attention the RoPE type's scaling.
+
+    HF multiplies both cos and sin by ``attention_scaling``, which scales q and k, so QK^T by its
+    square: the same logits as multiplying the softmax scale ``1/sqrt(d)`` by it. Megatron-Core's
+    DotProductAttention (``baddbmm(alpha=softmax_scale)``) and TEDotProductAttention (TE's
+    ``softmax_scale``) both take it from the config at construction. None (Megatron's default
+    ``1/sqrt(d)``) when there is no scaling.
     """
-    from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import (
-        _yarn_get_concentration_factor,
-    )
-
-    evaluate = getattr(_yarn_get_concentration_factor, "__wrapped__", _yarn_get_concentration_factor)
-    target = float(attention_scaling)
-    if target == 1.0:
-        return 1.0, 1.0, 1.0
-    scale = math.e
-    guess = (target - 1.0) / (0.1 * math.log(scale))
-    candidates = [guess]
-    up = down = guess
-    for _ in range(256):
-        up, down = math.nextafter(up, math.inf), math.nextafter(down, -math.inf)
-        candidates += [up, down]
-    for mscale in candidates:
-        if evaluate(scale, mscale, 0.0) == target:
-            return scale, mscale, 0.0
-    warnings.warn(f"attention scaling {target!r} is not exactly representable; off by < 1e-15")
-    return scale, guess, 0.0
+    if attention_scaling == 1.0:
+        return None
+    return attention_scaling**2 / math.sqrt(kv_channels)
 
 
-def configure_attention_scaling(config, attention_scaling: float, model=None) -> None:
-    """Set the config attributes through which Megatron-Core attention applies the scaling.
-
-    Megatron-Core 0.16 reads them on every forward; 0.19 caches the factor in each attention
-    module at construction (``_yarn_concentration_factor``), so with ``model`` given those
-    cached values are updated too.
-    """
-    from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import (
-        _yarn_get_concentration_factor_from_config,
-    )
-
-    if attention_scaling != 1.0 or hasattr(config, "yarn_rotary_scaling_factor"):
-        scale, mscale, mscale_all_dim = mscale_config_values(attention_scaling)
-        config.yarn_rotary_scaling_factor = scale
-        config.yarn_mscale = mscale
-        config.yarn_mscale_all_dim = mscale_all_dim
-    got = _yarn_get_concentration_factor_from_config(config)
-    if abs(got - attention_scaling) > 1e-12:
-        raise RuntimeError(
-            f"Megatron-Core attention would scale RoPE by {got}, expected {attention_scaling}"
+def check_attention_scale(config, attention_scaling: float, rotary_percent: float = 1.0) -> None:
+    """Refuse a model whose attention was not built with the RoPE type's attention scaling."""
+    kv_channels = config.kv_channels
+    if attention_scaling != 1.0 and rotary_percent < 1.0:
+        # HF scales only the rotated part of q and k; a softmax scale scales all of it.
+        raise NotImplementedError(
+            f"attention scaling {attention_scaling} with partial rotary (rotary_percent "
+            f"{rotary_percent}) is not supported"
         )
-    if model is not None:
-        for module in model.modules():
-            if hasattr(module, "_yarn_concentration_factor"):
-                module._yarn_concentration_factor = got
+    if getattr(config, "yarn_rotary_scaling_factor", None) is not None:
+        raise ValueError(
+            "the model's config carries Megatron-Core's own YaRN settings (yarn_*), which its "
+            "attention applies itself; build it with position_embedding_type='rope' and no yarn_* "
+            "attributes (Megatron-LM: --position-embedding-type rope) and give PoSE the YaRN "
+            "scaling (rope_scaling / --rope-scaling-type yarn)"
+        )
+    default = 1.0 / math.sqrt(kv_channels)
+    have = config.softmax_scale if config.softmax_scale is not None else default
+    want = attention_softmax_scale(attention_scaling, kv_channels) or default
+    if not math.isclose(have, want, rel_tol=1e-12):
+        raise ValueError(
+            f"the model's attention was built with softmax_scale {have!r}, but this RoPE scaling "
+            f"needs {want!r} (attention scaling {attention_scaling} squared / sqrt({kv_channels})): "
+            f"build its TransformerConfig with softmax_scale=pose_megatron.rotary."
+            f"attention_softmax_scale({attention_scaling!r}, {kv_channels}) (Megatron-LM: set "
+            f"args.softmax_scale before the model provider runs)"
+        )
 
 
 class PoseRotaryEmbedding(RotaryEmbedding):
-    """Drop-in for ``GPTModel.rotary_pos_emb`` that honours per-sample position ids.
+    """Megatron-Core's ``RotaryEmbedding`` honouring per-sample position ids.
 
     ``GPTModel`` calls ``module(seq_len, packed_seq=..., cp_group=...)`` without position ids, so
-    the model binds them first (``bind``/``PoseGPTModel.forward``, or the hooks that
-    ``enable_pose_rope`` installs). Holds no parameters or persistent buffers, so a model's
-    ``state_dict`` keys stay exactly the stock ones.
+    the ids of the current forward are bound first (``bind``; ``pose_megatron.model`` does it from
+    the model's own ``position_ids`` argument). Holds no parameters or persistent buffers, so a
+    model's ``state_dict`` keys stay exactly the stock ones.
     """
 
     def __init__(
@@ -178,35 +173,36 @@ class PoseRotaryEmbedding(RotaryEmbedding):
         config=None,
         cp_group=None,
     ) -> None:
-        nn.Module.__init__(self)  # the stock __init__ allocates on CUDA; we need none of it
         if settings.rope_precision not in PRECISIONS:
             raise ValueError(
                 f"rope_precision must be one of {PRECISIONS}, got {settings.rope_precision!r}"
             )
-        self.settings = settings
-        self.scaling = rope.validate_rope_scaling(
+        scaling = rope.validate_rope_scaling(
             settings.rope_scaling, max_position_embeddings=settings.max_position_embeddings
         )
-        self.rope_type = self.scaling["rope_type"]
+        if scaling["rope_type"] == "yarn" and rotary_interleaved:
+            raise ValueError("YaRN RoPE with rotary_interleaved=True is not supported (as in HF)")
+        # The base sets the layout, the CP group and a plain-RoPE inv_freq (on the CPU), which
+        # the scaled one below replaces; interpolation is in our inv_freq, not in its positions.
+        super().__init__(
+            kv_channels,
+            rotary_percent,
+            rotary_interleaved=rotary_interleaved,
+            rotary_base=settings.rope_theta,
+            use_cpu_initialization=True,
+            cp_group=cp_group,
+        )
+        self.settings = settings
+        self.scaling = scaling
+        self.rope_type = scaling["rope_type"]
         if rotary_percent < 1.0:
             self.scaling["partial_rotary_factor"] = rotary_percent
         self.head_dim = kv_channels
-        self.rotary_interleaved = rotary_interleaved
-        self.seq_len_interpolation_factor = None
         self.max_position = settings.max_position
         self.precision = settings.rope_precision
         self.config = config
-        self._fusion_requested = bool(config is not None and config.apply_rope_fusion)
-        if self.rope_type == "yarn" and rotary_interleaved:
-            raise ValueError("YaRN RoPE with rotary_interleaved=True is not supported (as in HF)")
-
         # Plain attribute, not a buffer, as in the stock module (keeps state_dict keys stock).
         self.inv_freq, self.attention_scaling = self._inv_freq(seq_len=None)
-        self.cp_group = cp_group
-        if cp_group is None:
-            from megatron.core import parallel_state
-
-            self.cp_group = parallel_state.get_context_parallel_group(check_initialized=False)
         self._position_ids: Optional[Tensor] = None
         self._tables: dict = {}
         self._warned_training = False
@@ -290,13 +286,12 @@ class PoseRotaryEmbedding(RotaryEmbedding):
             ids = torch.arange(offset, offset + max_seq_len, device=self.inv_freq.device)
             return self.angles(ids[None])
         self._check_range(offset, offset + max_seq_len - 1)
-        inv_freq = self.inv_freq
         device = _current_device()
-        if inv_freq.device != device:
-            inv_freq = self.inv_freq = inv_freq.to(device)
+        if self.inv_freq.device != device:
+            self.inv_freq = self.inv_freq.to(device)
         # Same float32 operations as Megatron-Core's RotaryEmbedding.get_freqs_non_repeated.
-        seq = torch.arange(max_seq_len, device=inv_freq.device, dtype=inv_freq.dtype) + offset
-        freqs = torch.outer(seq, inv_freq)
+        seq = torch.arange(max_seq_len, device=device, dtype=self.inv_freq.dtype) + offset
+        freqs = torch.outer(seq, self.inv_freq)
         return _interleave_or_concat(freqs, self.rotary_interleaved)[:, None, None, :]
 
     def get_cos_sin(self, max_seq_len: int, offset: int = 0) -> tuple[Tensor, Tensor]:
@@ -308,10 +303,38 @@ class PoseRotaryEmbedding(RotaryEmbedding):
 
     def bind(self, position_ids: Optional[Tensor]) -> None:
         """Position ids ``[B, S]`` for the next forward (None: contiguous 0..S-1)."""
+        if position_ids is not None and position_ids.dim() == 1:
+            position_ids = position_ids[None]
         self._position_ids = position_ids
 
     def unbind(self) -> None:
         self._position_ids = None
+
+    def _ids_for(self, max_seq_len: int, offset: int, packed_seq: bool, cp_size: int):
+        """The bound ids this call uses, or None for the contiguous table."""
+        ids = self._position_ids
+        if ids is None:
+            return None
+        if offset:
+            raise ValueError("offset and bound position ids cannot be combined")
+        if packed_seq:
+            # THD: Megatron maps a table of one row per packed token exactly (its "all
+            # positions" case), and slices it per CP rank itself.
+            if ids.shape[0] != 1:
+                raise ValueError("packed (THD) sequences take position ids of shape "
+                                 f"[1, total_tokens], got {tuple(ids.shape)}")
+            return ids
+        seq = ids.shape[1]
+        if seq == max_seq_len or seq * cp_size == max_seq_len:  # full, or already CP-local
+            return ids
+        if not self.training and seq < max_seq_len:
+            # Inference with a KV cache asks for its whole capacity; the ids of the tokens in
+            # flight cannot describe that, and decoding is contiguous anyway.
+            return None
+        raise ValueError(
+            f"position_ids cover {seq} tokens but the model runs {max_seq_len} (context parallel "
+            f"size {cp_size}); pass position ids of shape [batch, seq]"
+        )
 
     def forward(
         self,
@@ -324,50 +347,18 @@ class PoseRotaryEmbedding(RotaryEmbedding):
             self._warned_training = rope.warn_if_training(self.scaling)
         cp_group = cp_group if cp_group is not None else self.cp_group
         cp_size = cp_group.size() if cp_group is not None else 1
-        ids = self._position_ids
-        if ids is not None and ids.dim() == 1:
-            ids = ids[None]
-
-        if ids is None:
-            emb = self.get_emb(max_seq_len, offset)
-            already_local = False
-        else:
-            if offset:
-                raise ValueError("offset and bound position ids cannot be combined")
-            seq = ids.shape[1]
-            if packed_seq:
-                # THD: Megatron maps a table of one row per packed token exactly (its "all
-                # positions" case), and slices it per CP rank itself.
-                if ids.shape[0] != 1:
-                    raise ValueError(
-                        "packed (THD) sequences take position ids of shape [1, total_tokens], "
-                        f"got {tuple(ids.shape)}"
-                    )
-                if self._fusion_requested:  # TE's THD kernel assumes positions restart at 0
-                    self.config.apply_rope_fusion = False
-                return self.angles(ids)
-            if seq == max_seq_len:
-                already_local = False
-            elif seq * cp_size == max_seq_len:
-                already_local = True  # the batch was split for context parallelism upstream
-            elif not self.training and seq < max_seq_len:
-                # Inference with a KV cache asks for its whole capacity; the ids of the tokens
-                # in flight cannot describe that, and decoding is contiguous anyway.
-                emb = self.get_emb(max_seq_len, 0)
-                ids = None
-                already_local = False
-            else:
-                raise ValueError(
-                    f"position_ids cover {seq} tokens but the model runs {max_seq_len} "
-                    f"(context parallel size {cp_size}); pass position ids of shape [batch, seq]"
-                )
-            if ids is not None:
-                emb = self.angles(ids)
-
-        if self._fusion_requested:
-            # TE's fused kernel takes only [S, 1, 1, D]; per-sample tables use the unfused apply.
-            self.config.apply_rope_fusion = emb.shape[1] == 1
-        if cp_size > 1 and not packed_seq and not already_local:
+        ids = self._ids_for(max_seq_len, offset, packed_seq, cp_size)
+        emb = self.get_emb(max_seq_len, offset) if ids is None else self.angles(ids)
+        if self.config is not None and self.config.apply_rope_fusion and ids is not None and (
+                packed_seq or emb.shape[1] > 1):
+            # TE's fused kernels take one [S, 1, 1, D] table for the micro-batch (and, for THD,
+            # positions restarting at 0 in each sequence).
+            raise ValueError(
+                "apply_rope_fusion is on, but Transformer Engine's fused RoPE cannot take "
+                "per-sample position ids (micro-batch > 1 or packed sequences): build the config "
+                "with apply_rope_fusion=False (Megatron-LM: --no-rope-fusion)"
+            )
+        if cp_size > 1 and not packed_seq and emb.shape[0] == max_seq_len:
             emb = get_pos_emb_on_this_cp_rank(emb, 0, cp_group)
         return emb
 

@@ -271,7 +271,8 @@ def _stock_model(args, position_embedding_type, **gpt_kwargs):
 
     config = model_args_to_transformer_config(args)
     scaling = args.rope_scaling or {}
-    if position_embedding_type == "yarn":
+    if position_embedding_type == "yarn":  # Megatron's YaRN applies mscale to cos/sin itself
+        config.softmax_scale = None
         config.yarn_rotary_scaling_factor = scaling["factor"]
         config.yarn_original_max_position_embeddings = scaling["original_max_position_embeddings"]
         config.yarn_beta_fast, config.yarn_beta_slow = 32.0, 1.0
@@ -294,7 +295,7 @@ STOCK_EQUIVALENTS = {
 
 
 @pytest.mark.parametrize("name", list(STOCK_EQUIVALENTS))
-def test_arange_bit_identical_to_stock(mp, name):
+def test_arange_equals_stock(mp, name):
     from pose_megatron.config import ModelArgs
     from pose_megatron.model import build_model
 
@@ -311,6 +312,12 @@ def test_arange_bit_identical_to_stock(mp, name):
     stock.eval()
     with torch.no_grad():
         expected = call(stock, tokens, arange, None)
+    if name == "yarn":
+        # Stock YaRN multiplies cos and sin by mscale; ours puts mscale**2 into the softmax scale:
+        # the same logits up to rounding.
+        assert (megatron_logits(ours, tokens, arange) - expected).abs().max() <= 1e-5
+        assert (megatron_logits(ours, tokens, None) - expected).abs().max() <= 1e-5
+        return
     assert torch.equal(megatron_logits(ours, tokens, arange), expected)
     assert torch.equal(megatron_logits(ours, tokens, None), expected)
 
@@ -378,7 +385,10 @@ def test_enable_pose_rope_on_wrapped_chunks(mp):
     for inner in (chunks[0].module, chunks[1]):
         assert isinstance(inner.rotary_pos_emb, PoseRotaryEmbedding)
         assert inner.rotary_pos_emb.precision == "float64"
-        assert inner.config.yarn_mscale is not None
+        # YaRN's attention factor is in the softmax scale, not in fake yarn_* config settings.
+        assert not hasattr(inner.config, "yarn_mscale")
+        mscale = 0.1 * math.log(8.0) + 1.0
+        assert math.isclose(inner.config.softmax_scale, mscale**2 / math.sqrt(HEAD_DIM))
     with pytest.raises(TypeError, match="expected a Megatron-Core GPTModel"):
         enable_pose_rope(torch.nn.Linear(2, 2), args)
 
@@ -387,25 +397,55 @@ def test_enable_pose_rope_on_wrapped_chunks(mp):
 # enable_pose_rope on a model a Megatron-LM model_provider built
 
 
-def test_enable_pose_rope_on_stock_model(mp):
+@pytest.mark.parametrize("name", ["linear", "yarn"])
+def test_enable_pose_rope_on_stock_model(mp, name):
+    # As pose_megatron.megatron_lm wraps a Megatron-LM model provider: a stock GPTModel (built
+    # with this RoPE type's softmax scale), then enable_pose_rope.
     from pose_megatron.model import enable_pose_rope
+    from pose_megatron.rotary import PoseRotaryEmbedding
 
-    name = "yarn"
     args = model_args(name)
     tokens, pos = pose_batch(name)
-    stock = _stock_model(args, "yarn")
+    stock = _stock_model(args, "rope")
     load_into(stock, hf_to_megatron(hf_model(name).state_dict()))
     stock.eval()
-    with torch.no_grad():
-        before = call(stock, tokens, None, None)
     enable_pose_rope(stock, args)
+    assert isinstance(stock.rotary_pos_emb, PoseRotaryEmbedding)
+    arange = torch.arange(TRAIN_LEN).expand(len(tokens), TRAIN_LEN)
     with torch.no_grad():
-        assert torch.equal(call(stock, tokens, None, None), before)  # arange: unchanged
         got = call(stock, tokens, pos, None)  # the hooks bind positional position_ids ...
         got_kw = call(stock, input_ids=tokens, position_ids=pos, attention_mask=None)  # ... and keyword
+        plain = call(stock, tokens, None, None)  # None: contiguous 0..S-1
     assert torch.equal(got, got_kw)
     assert (got - hf_logits(name, tokens, pos)).abs().max() <= 1e-4
+    assert (plain - hf_logits(name, tokens, arange)).abs().max() <= 1e-4
     assert stock.rotary_pos_emb._position_ids is None  # unbound after the call
+
+
+def test_enable_pose_rope_refuses_what_it_cannot_serve(mp):
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    from pose_megatron.model import enable_pose_rope, model_args_to_transformer_config
+
+    yarn = model_args("yarn")
+    # Megatron's own YaRN model: its attention applies Megatron's factor itself.
+    with pytest.raises(ValueError, match="position_embedding_type='yarn'.*'rope'"):
+        enable_pose_rope(_stock_model(yarn, "yarn"), yarn)
+    # Built without YaRN's attention scaling (a plain config): refused, with the fix.
+    plain = model_args("default")
+    model = GPTModel(model_args_to_transformer_config(plain),
+                     get_gpt_layer_local_spec(normalization="RMSNorm"), vocab_size=VOCAB,
+                     max_sequence_length=yarn.max_position, position_embedding_type="rope")
+    with pytest.raises(ValueError, match=r"softmax_scale 0\.25, but this RoPE scaling needs "
+                                         r"0\.3.*attention_softmax_scale"):
+        enable_pose_rope(model, yarn)
+    enable_pose_rope(model, model_args("linear"))  # no attention scaling: fine
+    config = model_args_to_transformer_config(plain, fused_single_qkv_rope=True)
+    fused = GPTModel(config, get_gpt_layer_local_spec(normalization="RMSNorm"), vocab_size=VOCAB,
+                     max_sequence_length=256, position_embedding_type="rope")
+    with pytest.raises(ValueError, match="fused_single_qkv_rope"):
+        enable_pose_rope(fused, plain)
 
 
 def test_dynamic_warns_in_training(mp):
@@ -488,7 +528,7 @@ def test_logits_match_hf_pp2_every_stage_uses_position_ids():
 
 # ---------------------------------------------------------------------------------------------
 # Transformer Engine spec (GPU only): unfused per-sample tables, and TE's fused kernel, which
-# takes only [S, 1, 1, D] tables and so serves gathered ids at micro-batch 1.
+# takes only [S, 1, 1, D] tables and so serves gathered ids at micro-batch 1 (B > 1 is refused).
 
 
 def _te_names(local_weights):
@@ -510,15 +550,18 @@ def test_te_spec_matches_hf_unfused_and_fused(mp):
     from pose_megatron.model import build_model
 
     torch.backends.cuda.matmul.allow_tf32 = False
-    for name in ("llama3", "yarn"):  # yarn's mscale != 1 makes Megatron fall back to unfused
+    for name in ("llama3", "yarn"):  # yarn: mscale in the softmax scale, so fused works at B=1
         tokens, pos = pose_batch(name)
         expected = hf_logits(name, tokens, pos)
         for fusion in (False, True):
             model = build_model(model_args(name), spec="te", apply_rope_fusion=fusion)
             load_into(model, _te_names(hf_to_megatron(hf_model(name).state_dict())))
-            diff = (megatron_logits(model, tokens, pos) - expected).abs().max().item()
-            assert diff <= 2e-4, f"TE {name} fusion={fusion} B=3: {diff}"
-            assert model.config.apply_rope_fusion is False  # per-sample tables: unfused apply
+            if fusion:  # TE's kernel takes one [S, 1, 1, D] table: per-sample B=3 is refused
+                with pytest.raises(ValueError, match="apply_rope_fusion"):
+                    megatron_logits(model, tokens, pos)
+            else:
+                diff = (megatron_logits(model, tokens, pos) - expected).abs().max().item()
+                assert diff <= 2e-4, f"TE {name} fusion={fusion} B=3: {diff}"
             diff1 = (megatron_logits(model, tokens[:1], pos[:1]) - expected[:1]).abs().max().item()
             assert diff1 <= 2e-4, f"TE {name} fusion={fusion} B=1: {diff1}"
-            assert model.config.apply_rope_fusion is fusion
+            assert model.config.apply_rope_fusion is fusion  # never flipped

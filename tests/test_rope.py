@@ -12,7 +12,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from pose_megatron import rope
-from pose_megatron.rotary import PoseRotaryEmbedding, RopeSettings, mscale_config_values
+from pose_megatron.rotary import PoseRotaryEmbedding, RopeSettings, attention_softmax_scale
 from tests.test_model_rope import yarn_pose_float64
 
 HEAD_DIM, THETA, WINDOW = 64, 10000.0, 2048
@@ -171,15 +171,27 @@ def test_interleaved_layout():
                                                               dtype=torch.float32)[0]))
 
 
-@pytest.mark.parametrize("value", [1.0, 1.2079441541679836, 0.8, 1.118033988749895, 1.5,
-                                   2.3978952727983707, 0.95])
-def test_mscale_reaches_megatron_attention_exactly(value):
-    from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import (
-        _yarn_get_concentration_factor,
-    )
+@pytest.mark.parametrize("name", ["default", "yarn", "yarn_attention_factor", "yarn_mscale",
+                                  "longrope"])
+def test_softmax_scale_gives_hf_attention_of_scaled_cos_sin(name):
+    # HF multiplies cos and sin by the attention scaling; we leave them unscaled and put it into
+    # the softmax scale (TransformerConfig.softmax_scale). Same attention probabilities.
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    scale, mscale, mscale_all_dim = mscale_config_values(value)
-    assert _yarn_get_concentration_factor.__wrapped__(scale, mscale, mscale_all_dim) == value
+    pos = skipped_positions(WINDOW * 4, batch=2, length=64)
+    cos, sin, module = ours_cos_sin(HF_CASES[name], pos, window=hf_window(name))
+    scaling = module.attention_scaling
+    assert (scaling != 1.0) == (name != "default")
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 4, 64, HEAD_DIM, generator=g, dtype=torch.float64) for _ in range(2))
+    cos, sin = cos.double(), sin.double()
+    qh, kh = apply_rotary_pos_emb(q, k, cos, sin)  # HF: scaled tables, 1/sqrt(d)
+    expected = torch.softmax(qh @ kh.transpose(-1, -2) / HEAD_DIM**0.5, dim=-1)
+    qu, ku = apply_rotary_pos_emb(q, k, cos / scaling, sin / scaling)
+    softmax_scale = attention_softmax_scale(scaling, HEAD_DIM)
+    assert (softmax_scale is None) == (name == "default")
+    got = torch.softmax(qu @ ku.transpose(-1, -2) * (softmax_scale or HEAD_DIM**-0.5), dim=-1)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("scaling,message", [

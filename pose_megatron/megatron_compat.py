@@ -1,0 +1,87 @@
+"""The private Megatron-Core names pose_megatron still uses, each behind a version check.
+
+Everything else in the package goes through Megatron-Core's public API (``GPTModel``,
+``RotaryEmbedding``, ``TransformerConfig`` fields such as ``softmax_scale``, ``dist_checkpointing``,
+``parallel_state``). What stays private, and why nothing public does the job:
+
+``megatron.core.tensor_parallel.random._get_cuda_rng_state`` / ``_set_cuda_rng_state``
+    Used by ``cpu_shims`` (CPU runs and tests only). Megatron's CUDA RNG tracker, which every
+    attention forward forks, reads and writes the CUDA generator through these module functions.
+    On a CPU-only torch ``_set_cuda_rng_state`` hands its write to ``torch.cuda._lazy_call``, which
+    queues it for a CUDA initialisation that never comes: one leaked closure per fork, and seeding
+    never reaches a generator. Megatron-Core has no public switch for a CPU tracker, so the CPU
+    redirects point these two at the CPU generator (``redirect_cuda_rng_to_cpu``, undone by the
+    callable it returns).
+
+``megatron.core.datasets.megatron_dataset.MegatronDataset._key_config_attributes``
+    Overridden by ``pose_megatron.data.pose_dataset.PoseGPTDataset`` (as Megatron's own GPT and
+    multimodal datasets do) so the PoSE settings enter the dataset cache's hash: a changed PoSE
+    setting must not reuse another run's cached index. It is the base class's designated override
+    point; there is no public hook. ``dataset_key_config_attributes`` reads the base list.
+
+The version range below is the one these names were checked in (0.16.1 and 0.19.2 are tested:
+``tests/test_megatron_compat.py``). Outside it, each helper fails with one clear error instead of
+patching something that may have changed meaning.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, List
+
+SUPPORTED = ((0, 16), (0, 19))  # inclusive (major, minor) range checked against the source
+
+
+def megatron_core_version() -> tuple[int, int]:
+    import megatron.core
+
+    return parse_version(megatron.core.__version__)
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    m = re.match(r"^(\d+)\.(\d+)", text)
+    if not m:
+        raise RuntimeError(f"cannot read the megatron-core version {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def check_version(what: str, version: tuple[int, int] | None = None) -> None:
+    """Raise a clear error when Megatron-Core is outside the range ``what`` was checked in."""
+    version = version or megatron_core_version()
+    low, high = SUPPORTED
+    if not low <= version <= high:
+        raise RuntimeError(
+            f"megatron-core {version[0]}.{version[1]} is not supported by pose_megatron's {what} "
+            f"(it uses private Megatron-Core names checked in {low[0]}.{low[1]}-{high[0]}."
+            f"{high[1]}; see pose_megatron/megatron_compat.py); install megatron-core>="
+            f"{low[0]}.{low[1]},<{high[0]}.{high[1] + 1}"
+        )
+
+
+def redirect_cuda_rng_to_cpu(get_state: Callable, set_state: Callable) -> Callable[[], None]:
+    """Point Megatron's CUDA RNG state accessors at the given functions; return the undo."""
+    check_version("CPU redirects (cpu_shims)")
+    from megatron.core.tensor_parallel import random as mcore_random
+
+    names = ("_get_cuda_rng_state", "_set_cuda_rng_state")
+    missing = [n for n in names if not callable(getattr(mcore_random, n, None))]
+    if missing:
+        raise RuntimeError(f"megatron.core.tensor_parallel.random has no {missing}; this "
+                           "megatron-core is not one pose_megatron's CPU redirects support")
+    saved = {n: getattr(mcore_random, n) for n in names}
+    mcore_random._get_cuda_rng_state = lambda *a, **k: get_state()
+    mcore_random._set_cuda_rng_state = lambda state, *a, **k: set_state(state)
+
+    def undo() -> None:
+        for name, value in saved.items():
+            setattr(mcore_random, name, value)
+
+    return undo
+
+
+def dataset_key_config_attributes() -> List[str]:
+    """``MegatronDataset``'s own list of config attributes that identify a dataset's cache."""
+    check_version("dataset cache key")
+    from megatron.core.datasets.megatron_dataset import MegatronDataset
+
+    return list(MegatronDataset._key_config_attributes())

@@ -1,0 +1,70 @@
+"""The private Megatron-Core names behind a version check, and the CPU redirects' undo."""
+
+import pytest
+import torch
+
+from pose_megatron import cpu_shims, megatron_compat
+
+
+def test_installed_megatron_core_is_supported_and_others_refused():
+    version = megatron_compat.megatron_core_version()
+    assert version in ((0, 16), (0, 19))  # the two tested environments
+    megatron_compat.check_version("test")
+    assert megatron_compat.parse_version("0.19.2+3a6e990") == (0, 19)
+    for bad in ((0, 15), (0, 20), (1, 0)):
+        with pytest.raises(RuntimeError, match=r"megatron-core \d+\.\d+ is not supported by "
+                                               r"pose_megatron's test .*megatron_compat\.py"):
+            megatron_compat.check_version("test", bad)
+
+
+def test_private_names_exist_in_this_megatron_core():
+    from megatron.core.tensor_parallel import random as mcore_random
+
+    assert "random_seed" in megatron_compat.dataset_key_config_attributes()
+    was = cpu_shims.installed()
+    cpu_shims.uninstall()
+    try:
+        real_get = mcore_random._get_cuda_rng_state
+        real_set = mcore_random._set_cuda_rng_state
+        calls = []
+        undo = megatron_compat.redirect_cuda_rng_to_cpu(lambda: "state", calls.append)
+        assert mcore_random._get_cuda_rng_state(graph_safe=False) == "state"
+        mcore_random._set_cuda_rng_state("s", graph_safe=False)
+        assert calls == ["s"]
+        undo()
+        assert (mcore_random._get_cuda_rng_state, mcore_random._set_cuda_rng_state) == \
+            (real_get, real_set)
+    finally:
+        if was:
+            cpu_shims.install()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU redirects refuse a CUDA machine")
+def test_cpu_shims_uninstall_restores_torch_cuda_and_leaves_the_mode():
+    from megatron.core.tensor_parallel import random as mcore_random
+
+    names = ("current_device", "synchronize", "current_stream", "get_rng_state", "set_rng_state",
+             "manual_seed", "manual_seed_all")
+    was = cpu_shims.installed()
+    cpu_shims.uninstall()  # other tests in this process may have installed them
+    try:
+        originals = {n: getattr(torch.cuda, n) for n in names}
+        rng = (mcore_random._get_cuda_rng_state, mcore_random._set_cuda_rng_state)
+        with pytest.raises((RuntimeError, AssertionError)):
+            torch.empty(1, device="cuda")  # CPU-only torch: no CUDA, nothing rewrites it
+        with cpu_shims.redirected():
+            assert cpu_shims.installed()
+            assert torch.cuda.current_device() == torch.device("cpu")
+            assert torch.empty(1, device="cuda").device.type == "cpu"
+            torch.cuda.manual_seed(3)
+            assert torch.equal(torch.cuda.get_rng_state(), torch.get_rng_state())
+        assert not cpu_shims.installed()
+        assert {n: getattr(torch.cuda, n) for n in names} == originals
+        assert (mcore_random._get_cuda_rng_state, mcore_random._set_cuda_rng_state) == rng
+        with pytest.raises((RuntimeError, AssertionError)):
+            torch.empty(1, device="cuda")  # the device-rewriting mode is gone
+        with pytest.raises((RuntimeError, AssertionError)):
+            torch.cuda.current_device()
+    finally:
+        if was:
+            cpu_shims.install()
