@@ -134,6 +134,10 @@ def make_forward_step(device: str):
 
 
 def setup(args) -> Trainer:
+    from pose_megatron.training import startup
+
+    startup.filter_startup_warnings()  # before Megatron-Core's first import emits them
+    startup.check_before_start(args)  # flag-only refusals, before any process group starts
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import (DistributedDataParallel,
                                            DistributedDataParallelConfig, finalize_model_grads)
@@ -225,6 +229,7 @@ def setup(args) -> Trainer:
                 f"iteration {state['iteration']}"
             print(f"loaded {what} from {args.load}", flush=True)
     trainer.dataset = build_dataset(args, model_args, args.train_iters * gbs)
+    startup.print_settings(trainer, _spec(args, device))
     return trainer
 
 
