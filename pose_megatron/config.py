@@ -64,6 +64,11 @@ class ModelArgs:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.rope_scaling is not None:  # the one RoPE check (unknown types, missing keys)
+            from pose_megatron.rope import validate_rope_scaling
+
+            validate_rope_scaling(self.rope_scaling,
+                                  max_position_embeddings=self.max_position_embeddings)
 
     @property
     def rope_factor(self) -> float:

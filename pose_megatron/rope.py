@@ -109,9 +109,7 @@ def canonical_rope_scaling(
     """``validate_rope_scaling``, with plain RoPE as ``None`` (the form ModelArgs stores)."""
     scaling = validate_rope_scaling(rope_scaling, max_position_embeddings=max_position_embeddings,
                                     source=source)
-    if scaling["rope_type"] == "default" and set(scaling) <= _COMMON_KEYS | {"factor"}:
-        return None
-    return scaling
+    return None if scaling["rope_type"] == "default" else scaling
 
 
 def _check_parameters(scaling, rope_scaling, rope_type, max_position_embeddings) -> dict:

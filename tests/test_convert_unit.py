@@ -62,9 +62,18 @@ def test_export_rope_native_ntk_and_unknown():
     ntk = ModelArgs(**{**ARGS.to_dict(), "rope_scaling": {"rope_type": "ntk", "factor": 4.0}})
     theta, scaling = hf_config.export_rope(ntk)
     assert scaling is None and theta == pytest.approx(10000.0 * 4.0 ** (16 / 14), rel=1e-15)
-    bad = ModelArgs(**{**ARGS.to_dict(), "rope_scaling": {"rope_type": "mystery", "factor": 2.0}})
-    with pytest.raises(ValueError, match="'mystery'.*no HF equivalent"):
-        hf_config.export_rope(bad)
+    for scaling, message in (({"rope_type": "mystery", "factor": 2.0}, "unknown rope_type 'mystery'"),
+                             ({"rope_type": "linear"}, r"missing parameter\(s\) \['factor'\]")):
+        with pytest.raises(ValueError, match=message):
+            ModelArgs(**{**ARGS.to_dict(), "rope_scaling": scaling})
+        bad = ModelArgs(**ARGS.to_dict())
+        bad.rope_scaling = scaling  # past ModelArgs' own check: the export refuses it too
+        with pytest.raises(ValueError, match=message):
+            hf_config.export_rope(bad)
+        cfg = {**hf_config.hf_config_from_args(ARGS), "rope_scaling": scaling,
+               "rope_parameters": None}
+        with pytest.raises(ValueError, match="^cfg.json: rope_scaling: .*" + message):
+            hf_config.args_from_hf_config(cfg, "cfg.json")
 
 
 def test_ntk_export_is_bit_identical_in_hf():
@@ -217,7 +226,7 @@ def test_reverse_refuses_unexportable_rope(hf_dir, tmp_path):
     args = ModelArgs.load(str(mg))
     args.rope_scaling = {"rope_type": "mystery", "factor": 2.0}
     args.save(str(mg))
-    with pytest.raises(ValueError, match="no HF equivalent"):
+    with pytest.raises(ValueError, match="pose_model.json: .*unknown rope_type 'mystery'"):
         megatron_to_hf(str(mg), str(tmp_path / "back"), progress=False)
     assert not os.path.exists(tmp_path / "back")
 

@@ -42,8 +42,14 @@ def _family(cfg: dict, source: str) -> str:
     )
 
 
-def read_rope(cfg: dict) -> Tuple[float, Optional[dict]]:
-    """(rope_theta, rope_scaling in HF dict form or None) from either config style."""
+def read_rope(cfg: dict, source: str = "config.json") -> Tuple[float, Optional[dict]]:
+    """(rope_theta, validated rope_scaling in HF dict form or None) from either config style.
+
+    Unknown rope types and missing parameters (``linear`` without ``factor``...) are refused
+    here, naming ``source``, rather than carried into a converted checkpoint.
+    """
+    from pose_megatron.rope import canonical_rope_scaling
+
     params = cfg.get("rope_parameters")
     if isinstance(params, dict) and "rope_theta" not in params and params:
         # per-layer-type form ({"full_attention": {...}}): LLaMA-family models have one kind
@@ -58,8 +64,12 @@ def read_rope(cfg: dict) -> Tuple[float, Optional[dict]]:
     if scaling is not None:
         kind = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
         scaling.pop("type", None)
-        scaling = None if kind == "default" else {"rope_type": kind, **scaling}
-    return theta, scaling
+        scaling.pop("partial_rotary_factor", None)  # checked by args_from_hf_config
+        scaling = {"rope_type": kind, **scaling}
+    window = cfg.get("max_position_embeddings")
+    return theta, canonical_rope_scaling(
+        scaling, max_position_embeddings=int(window) if isinstance(window, int) else None,
+        source=f"{source}: rope_scaling")
 
 
 def args_from_hf_config(cfg: dict, source: str = "config.json") -> ModelArgs:
@@ -73,7 +83,7 @@ def args_from_hf_config(cfg: dict, source: str = "config.json") -> ModelArgs:
         )
     if float(cfg.get("partial_rotary_factor", 1.0)) != 1.0:
         raise ValueError(f"{source}: partial_rotary_factor != 1 is not supported")
-    theta, scaling = read_rope(cfg)
+    theta, scaling = read_rope(cfg, source)
     heads = int(cfg["num_attention_heads"])
     sliding = cfg.get("sliding_window")
     if family == "qwen2" and not cfg.get("use_sliding_window", False):
@@ -123,12 +133,20 @@ def yarn_pose_factors(args: ModelArgs, scaling: dict):
     return (plain / scaled).tolist(), float(attention)
 
 
-def export_rope(args: ModelArgs) -> Tuple[float, Optional[dict]]:
-    """(rope_theta, HF rope_scaling dict or None) that make HF compute the plugin's RoPE."""
-    scaling = dict(args.rope_scaling or {})
-    kind = scaling.get("rope_type", "default")
-    if not scaling or kind == "default":
+def export_rope(args: ModelArgs, source: str = "the model's RoPE") -> Tuple[float, Optional[dict]]:
+    """(rope_theta, HF rope_scaling dict or None) that make HF compute the plugin's RoPE.
+
+    The plugin's RoPE is validated first (``source`` names where it came from), so an unknown
+    type or a missing parameter is refused instead of written into config.json.
+    """
+    from pose_megatron.rope import canonical_rope_scaling
+
+    scaling = canonical_rope_scaling(args.rope_scaling,
+                                     max_position_embeddings=args.max_position_embeddings,
+                                     source=f"{source}: rope_scaling")
+    if scaling is None:
         return args.rope_theta, None
+    kind = scaling["rope_type"]
     if kind in HF_NATIVE_ROPE:
         return args.rope_theta, scaling
     d = args.head_dim
@@ -199,8 +217,9 @@ def exported_window(args: ModelArgs, scaling: Optional[dict]) -> int:
     return args.max_position_embeddings
 
 
-def hf_config_from_args(args: ModelArgs, dtype: Optional[str] = None) -> dict:
-    theta, scaling = export_rope(args)
+def hf_config_from_args(args: ModelArgs, dtype: Optional[str] = None,
+                        source: str = "the model's RoPE") -> dict:
+    theta, scaling = export_rope(args, source)
     cfg = {
         "architectures": [_MODEL_TYPES[args.family]],
         "model_type": args.family,
