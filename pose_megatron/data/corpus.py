@@ -25,7 +25,7 @@ import os
 import sys
 import sysconfig
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 _SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "__pycache__", "dist-packages"}
 
@@ -42,19 +42,31 @@ def stdlib_files(root: Optional[str] = None) -> List[str]:
     return sorted(out)
 
 
-def write_jsonl(path: str, root: Optional[str] = None, max_docs: Optional[int] = None) -> int:
+def stdlib_documents(root: Optional[str] = None, max_docs: Optional[int] = None
+                     ) -> Iterator[Tuple[str, str]]:
+    """(relative path, source text) of the corpus documents, in corpus order, read lazily."""
     root = root or sysconfig.get_paths()["stdlib"]
     files = stdlib_files(root)[:max_docs]
     if not files:
         raise ValueError(f"no .py files under {root}")
+
+    def read(rel: str) -> Tuple[str, str]:
+        with open(os.path.join(root, rel), "rb") as src:
+            return rel, src.read().decode("utf-8", errors="replace")
+
+    return map(read, files)
+
+
+def write_jsonl(path: str, root: Optional[str] = None, max_docs: Optional[int] = None) -> int:
+    docs = stdlib_documents(root, max_docs)
     tmp = path + ".tmp"
+    n = 0
     with open(tmp, "w", encoding="utf-8") as f:
-        for rel in files:
-            with open(os.path.join(root, rel), "rb") as src:
-                text = src.read().decode("utf-8", errors="replace")
+        for rel, text in docs:
             f.write(json.dumps({"text": text, "path": rel}) + "\n")
+            n += 1
     os.replace(tmp, path)
-    return len(files)
+    return n
 
 
 def train_tokenizer(jsonl: str, model_path: str, vocab_size: int = 2000,

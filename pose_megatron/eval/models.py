@@ -41,7 +41,11 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def parse_rope_scaling(text: Optional[str]) -> Optional[dict]:
-    """Parse a ``--rope-scaling`` value: a JSON object with "rope_type" (or legacy "type")."""
+    """Parse a ``--rope-scaling`` value: a JSON object with "rope_type" (or legacy "type").
+
+    Checked by ``pose_megatron.rope.validate_rope_scaling`` (the package's one RoPE check); a
+    missing ``original_max_position_embeddings`` is filled from the model when it is loaded.
+    """
     if text is None or text.strip().lower() in ("", "none", "null"):
         return None
     try:
@@ -55,10 +59,10 @@ def parse_rope_scaling(text: Optional[str]) -> Optional[dict]:
         value["rope_type"] = value.pop("type")
     if "rope_type" not in value:
         raise ValueError(f"--rope-scaling needs a \"rope_type\" key (e.g. linear, yarn): {text!r}")
-    factor = value.get("factor")
-    if value["rope_type"] != "default" and factor is not None:
-        if not isinstance(factor, (int, float)) or factor <= 0:
-            raise ValueError(f"--rope-scaling factor must be a positive number, got {factor!r}")
+    from pose_megatron.rope import validate_rope_scaling
+
+    # max_position_embeddings=1 only stands in for the model's window in this check.
+    validate_rope_scaling(value, max_position_embeddings=1, source="--rope-scaling")
     return value
 
 
@@ -95,12 +99,29 @@ class TextTokenizer:
     eos_id: Optional[int]
     vocab_size: int
     source: str
+    # One user message -> the chat-formatted prompt text with the assistant turn opened; None
+    # when the tokenizer has no chat template (sentencepiece files, base models).
+    render_chat: Optional[Callable[[str], str]] = None
+
+
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
 
 def load_tokenizer(path: str) -> TextTokenizer:
-    """A sentencepiece ``.model`` file or a HF tokenizer directory."""
+    """A sentencepiece ``.model`` file (or a directory holding only ``tokenizer.model``) or a HF
+    tokenizer directory."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"tokenizer not found: {path}")
+    if os.path.isdir(path) and not any(
+            os.path.exists(os.path.join(path, name)) for name in _HF_TOKENIZER_FILES):
+        # A checkpoint's tokenizer/ holding only a sentencepiece tokenizer.model: transformers
+        # would try to convert it (and ask for tiktoken); read it as the sentencepiece file.
+        model_file = os.path.join(path, "tokenizer.model")
+        if not os.path.isfile(model_file):
+            raise ValueError(f"{path} holds no tokenizer: expected tokenizer.json, "
+                             f"tokenizer_config.json or a sentencepiece tokenizer.model; pass "
+                             f"--tokenizer")
+        path = model_file
     if os.path.isfile(path):
         import sentencepiece as spm
 
@@ -126,6 +147,11 @@ def load_tokenizer(path: str) -> TextTokenizer:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path} holds no usable HF tokenizer: {exc}") from None
+
+    def render_chat(content: str) -> str:
+        return tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                       add_generation_prompt=True)
+
     return TextTokenizer(
         encode=lambda text: list(tok.encode(text, add_special_tokens=False)),
         decode=lambda ids: tok.decode([int(i) for i in ids], skip_special_tokens=True),
@@ -133,6 +159,7 @@ def load_tokenizer(path: str) -> TextTokenizer:
         eos_id=tok.eos_token_id,
         vocab_size=len(tok),
         source=path,
+        render_chat=render_chat if getattr(tok, "chat_template", None) else None,
     )
 
 
@@ -316,7 +343,6 @@ def load_megatron(
     name: Optional[str] = None,
 ) -> EvalModel:
     import pose_megatron
-    from pose_megatron.config import ModelArgs
 
     if tokenizer_path is None:
         # The HF -> Megatron converter copies the HF tokenizer into the checkpoint.
@@ -327,7 +353,10 @@ def load_megatron(
                 "directory: pass --tokenizer (a sentencepiece .model file or a HF tokenizer "
                 "directory)"
             )
-    args = ModelArgs.load(path)
+    from pose_megatron.convert import megatron_io
+
+    # the settings saved with the weights the tracker names (older checkpoints: the root's)
+    args = megatron_io.model_args_of(path, megatron_io.resolve_iteration_dir(path))
     tokenizer = load_tokenizer(tokenizer_path)
     model = pose_megatron.load_megatron_model(path, device=str(device), dtype=dtype)
     set_eval_rope(model, args, rope_scaling)

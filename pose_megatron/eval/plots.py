@@ -25,10 +25,8 @@ def plot_curves(
     The x axis is log2-scaled since evaluation lengths are usually powers of two; ``vlines``
     marks lengths such as the training window ({label: x}).
     """
+    plt = _pyplot()
     import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers; must precede pyplot
-    import matplotlib.pyplot as plt
     import matplotlib.ticker  # noqa: F401  (FuncFormatter below)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -66,6 +64,22 @@ def plot_curves(
     ax.grid(True, alpha=0.3)
     if series:
         ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> str:
+    """Write ``fig`` to ``path`` as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -79,3 +93,45 @@ def plot_curves(
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def plot_heatmaps(
+    panels: Mapping[str, Tuple[Sequence[str], Sequence[int], Sequence[Sequence[float]]]],
+    path: str,
+    *,
+    title: str = "",
+    value_range: Tuple[float, float] = (0, 100),
+    vlines: Mapping[str, float] = {},
+) -> str:
+    """One annotated heat map per model: {name: (row labels, column lengths, values[row][col])},
+    NaN for cells not run; ``vlines`` marks lengths (e.g. the training window) between columns."""
+    import numpy as np
+
+    plt = _pyplot()
+    n = max(1, len(panels))
+    rows = max((len(r) for r, _, _ in panels.values()), default=1)
+    cols = sum(max(1, len(c)) for _, c, _ in panels.values())
+    fig, axes = plt.subplots(1, n, figsize=(2.2 + 0.9 * cols + 1.6 * n, 1.2 + 0.42 * rows),
+                             squeeze=False)
+    for ax, (name, (row_labels, lengths, values)) in zip(axes[0], panels.items()):
+        grid = np.array(values, dtype=float).reshape(len(row_labels), len(lengths))
+        ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn", vmin=value_range[0],
+                  vmax=value_range[1], aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, "-" if np.isnan(v) else f"{v:.0f}", ha="center", va="center",
+                    fontsize=7)
+        ax.set_xticks(range(len(lengths)))
+        ax.set_xticklabels([str(L) for L in lengths], rotation=45, fontsize=7)
+        ax.set_yticks(range(len(row_labels)))
+        ax.set_yticklabels(row_labels if ax is axes[0][0] else [], fontsize=7)
+        ax.set_title(name, fontsize=8)
+        for label, x in vlines.items():
+            # Between the last column at or below the mark and the next one.
+            at = sum(L <= x for L in lengths) - 0.5
+            if -0.5 < at < len(lengths) - 0.5:
+                ax.axvline(at, color="black", linestyle="--", linewidth=1)
+                ax.annotate(label, (at, 0), xycoords=("data", "axes fraction"), fontsize=7,
+                            rotation=90, va="bottom", ha="right")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
