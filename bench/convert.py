@@ -100,7 +100,7 @@ import sys
 sys.argv = ['convert']
 import torch, tqdm
 from pose_megatron.convert import api, megatron_io
-megatron_io.import_megatron_core()  # as write_dist and DistReader import it
+import megatron.core  # as write_dist and DistReader import it
 from megatron.core import dist_checkpointing
 megatron_io._ensure_process_group()()
 """

@@ -329,52 +329,6 @@ def test_views_of_parameters_are_taken_from_the_pieces():
     assert torch.equal(_same_view(param.t()[1], param, [gate, up]), full.t()[1])
 
 
-def test_deferred_compile_compiles_on_first_call_with_the_same_arguments():
-    from pose_megatron.convert.megatron_import import _compile_on_first_call
-
-    calls = []
-
-    def real_compile(fn, **kwargs):
-        calls.append(kwargs)
-        return lambda *a, **k: ("compiled", fn(*a, **k))
-
-    compile = _compile_on_first_call(real_compile)
-
-    @compile
-    def double(x):
-        return 2 * x
-
-    @compile(dynamic=True)
-    def triple(x):
-        return 3 * x
-
-    assert calls == [] and double.__name__ == "double"
-    assert double(4) == ("compiled", 8) and double(5) == ("compiled", 10)
-    assert triple(2) == ("compiled", 6)
-    assert calls == [{}, {"dynamic": True}]  # once per function, with its own arguments
-    module = torch.nn.Linear(2, 2)
-    compile(module)  # modules are compiled at once, as torch.compile does
-    assert len(calls) == 3
-
-
-def test_importing_megatron_for_conversion_skips_the_compiler_and_restores_compile():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, torch\n"
-        "real = torch.compile\n"
-        "from pose_megatron.convert.megatron_import import import_megatron_core\n"
-        "import_megatron_core()\n"
-        "from megatron.core.models.gpt import GPTModel\n"
-        "assert torch.compile is real\n"
-        "assert 'torch._inductor' not in sys.modules, 'the compiler was imported'\n"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
-                   env=dict(os.environ, PYTHONPATH=root))
-
-
 @pytest.mark.parametrize("mmap", [False, True])
 def test_safetensors_reader_modes_agree_and_name_a_truncated_file(tmp_path, mmap):
     from safetensors.torch import save_file

@@ -28,7 +28,6 @@ import torch
 
 from pose_megatron.config import CONFIG_FILENAME, ModelArgs
 from pose_megatron.convert import weights
-from pose_megatron.convert.megatron_import import import_megatron_core
 from pose_megatron.training.checkpointing import fsync_dir
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -272,26 +271,19 @@ def stock_model(args: ModelArgs, dtype: torch.dtype, *, pre_process=True, post_p
     Used to produce exactly the sharded state dict a training run's model produces; the plugin's
     own builder (``pose_megatron.model``) differs only in how RoPE is computed.
     """
-    import torch.nn.functional as F
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-    from megatron.core.transformer import TransformerConfig
 
-    config = TransformerConfig(
-        num_layers=args.num_layers, hidden_size=args.hidden_size,
-        num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
-        kv_channels=args.head_dim, ffn_hidden_size=args.intermediate_size,
-        normalization="RMSNorm", layernorm_epsilon=args.norm_eps, gated_linear_unit=True,
-        activation_func=F.silu, add_bias_linear=False, add_qkv_bias=args.qkv_bias,
-        use_cpu_initialization=True, perform_initialization=False, params_dtype=dtype,
-        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-        hidden_dropout=0.0, attention_dropout=0.0,
-    )
+    from pose_megatron.model import model_args_to_transformer_config
+
+    config = model_args_to_transformer_config(
+        args, use_cpu_initialization=True, perform_initialization=False, params_dtype=dtype,
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
     return GPTModel(
         config, get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=False),
         vocab_size=args.vocab_size, max_sequence_length=args.max_position,
         pre_process=pre_process, post_process=post_process,
-        position_embedding_type="rope", rotary_base=int(args.rope_theta),
+        position_embedding_type="rope", rotary_base=args.rope_theta,
         share_embeddings_and_output_weights=args.tie_word_embeddings,
     )
 
@@ -348,7 +340,7 @@ def write_dist(
     are the HF gate and up tensors themselves. Neither a concatenation nor a clone of the
     checkpoint's largest tensors is made (measured: 2.6 s of a 13.5 s 1B conversion).
     """
-    import_megatron_core()
+    import megatron.core  # noqa: F401
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing import ShardedTensor
     from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
@@ -429,7 +421,7 @@ class DistReader:
     """
 
     def __init__(self, path: str, args: ModelArgs, max_groups: int = 4):
-        import_megatron_core()
+        import megatron.core  # noqa: F401
         from megatron.core import dist_checkpointing
 
         self.path, self.args = path, args
