@@ -34,6 +34,16 @@ def test_parse_rope_scaling():
         parse_rope_scaling('{"factor": 8}')
     with pytest.raises(ValueError, match="positive"):
         parse_rope_scaling('{"rope_type": "linear", "factor": -2}')
+    # the package's one RoPE check: unknown types and missing parameters, named by flag
+    with pytest.raises(ValueError, match="--rope-scaling: unknown rope_type 'mystery'"):
+        parse_rope_scaling('{"rope_type": "mystery", "factor": 2}')
+    with pytest.raises(ValueError, match=r"--rope-scaling: .*missing parameter\(s\) \['factor'\]"):
+        parse_rope_scaling('{"rope_type": "linear"}')
+    with pytest.raises(ValueError, match="high_freq_factor"):
+        parse_rope_scaling('{"rope_type": "llama3", "factor": 8}')
+    # the model's window fills original_max_position_embeddings later
+    assert parse_rope_scaling('{"rope_type": "yarn", "factor": 4}') == {"rope_type": "yarn",
+                                                                        "factor": 4}
 
 
 def test_device_and_dtype_resolution():
@@ -129,6 +139,15 @@ def test_sentencepiece_tokenizer_file(tmp_path):
         bad = tmp_path / "bad.model"
         bad.write_text("nope")
         load_tokenizer(str(bad))
+    # A checkpoint's tokenizer/ directory holding only tokenizer.model (the eval tools' default)
+    # is read as that sentencepiece file (transformers asked for tiktoken here).
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "tokenizer.model").write_bytes(model.getvalue())
+    tok = load_tokenizer(str(tmp_path / "tokenizer"))
+    assert tok.encode("The pass key is 12345.") == ids and tok.bos_id == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty holds no tokenizer: expected tokenizer.json"):
+        load_tokenizer(str(tmp_path / "empty"))
 
 
 def test_bad_model_paths(tmp_path):
