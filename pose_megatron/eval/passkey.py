@@ -25,6 +25,8 @@ from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from pose_megatron.eval.prompting import largest_fitting
+
 TASK_LINE = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
     "them. I will quiz you about the important information there."
@@ -93,14 +95,11 @@ def build_trial(
             f"passkey length {length} is too short: the prompt without filler already takes "
             f"{base} tokens"
         )
-    # Start from the per-filler estimate, then step to the exact fit (tokenizers merge across
-    # the joins, so the count is not exactly linear in the filler count).
+    # Searched from the per-filler estimate (tokenizers merge across the joins, so the count
+    # is not exactly linear in the filler count).
     per_filler = max(1, n_tokens(1, 1) - base) / 2
-    n_total = max(0, int((length - base) / per_filler))
-    while n_total > 0 and n_tokens(n_total, 0) > length:
-        n_total -= 1
-    while n_tokens(n_total + 1, 0) <= length:
-        n_total += 1
+    n_total = largest_fitting(lambda n: n_tokens(n, 0), length,
+                              guess=int((length - base) / per_filler))
     n_prefix = min(int(u * (n_total + 1)), n_total)
     n_suffix = n_total - n_prefix
     # The split can shift the count by a token or two at the joins: trim the suffix if so.
