@@ -12,8 +12,10 @@ never leaves a half-written dataset behind a valid name.
 Throughput: the main process only cuts the input into blocks of whole lines (no JSON parsing);
 workers parse a block, tokenize all its documents in one call into the tokenizer's native code and
 send back one token array and one length array per key, which the main process writes in one
-``write`` per block. Workers are forked (Linux) from a process that has already loaded the
-tokenizer, so they start at once, and are always joined before ``preprocess`` returns.
+``write`` per block. Workers are forked (Linux) from a process that has loaded the tokenizer but
+not yet Megatron-Core (imported while they work), so they start at once; at most four blocks per
+worker are in flight (memory stays flat on any input size); every worker is joined before
+``preprocess`` returns or raises.
 
 Example::
 
@@ -32,6 +34,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -127,17 +130,16 @@ def read_blocks(path: str, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[T
 
 
 class BlockEncoder:
-    """Turns a block of JSONL lines into, per key, the block's tokens (one array in the output
-    dtype, documents back to back) and its document lengths (int64, 0 for an empty document).
+    """Turns a block of JSONL lines into, per key, the block's tokens (one int32 array, documents
+    back to back) and its document lengths (int64, 0 for an empty document).
 
     Picklable without its tokenizer (reloaded from ``tokenizer_path`` where workers are spawned).
     """
 
-    def __init__(self, path: str, keys: Sequence[str], tokenizer_path: str, dtype,
+    def __init__(self, path: str, keys: Sequence[str], tokenizer_path: str,
                  *, append_eod: bool, prepend_bos: bool, eod_for_empty_docs: bool,
                  tokenizer=None):
         self.path, self.keys, self.tokenizer_path = path, list(keys), tokenizer_path
-        self.dtype = np.dtype(dtype)
         self.append_eod, self.prepend_bos = append_eod, prepend_bos
         self.eod_for_empty_docs = eod_for_empty_docs
         self.tokenizer = tokenizer
@@ -147,9 +149,9 @@ class BlockEncoder:
 
     def _load(self):
         if self.tokenizer is None:
-            from pose_megatron.data.tokenizers import load_tokenizer
+            from pose_megatron.data.text_tokenizer import LocalTokenizer
 
-            self.tokenizer = load_tokenizer(self.tokenizer_path)
+            self.tokenizer = LocalTokenizer(self.tokenizer_path)
         return self.tokenizer
 
     def __call__(self, item: Tuple[int, bytes]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
@@ -175,16 +177,13 @@ class BlockEncoder:
                 elif self.eod_for_empty_docs:
                     ids.append(eod)
             lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
-            tokens = np.fromiter(itertools.chain.from_iterable(docs), dtype=np.int64,
-                                 count=int(lengths.sum()))
-            limit = np.iinfo(self.dtype).max
-            if tokens.size and (tokens.min() < 0 or tokens.max() > limit):
-                bad = int(np.searchsorted(np.cumsum(lengths),
-                                          int(np.flatnonzero((tokens < 0) | (tokens > limit))[0]),
-                                          side="right"))
-                raise ValueError(f"{self.path}: document {bad + 1} of the block at line "
-                                 f"{first_lineno}: token id out of range for {self.dtype.name}")
-            out[key] = (tokens.astype(self.dtype), lengths)
+            try:
+                tokens = np.fromiter(itertools.chain.from_iterable(docs), dtype=np.int32,
+                                     count=int(lengths.sum()))
+            except OverflowError as err:
+                raise ValueError(f"{self.path}: block at line {first_lineno}: token id out of "
+                                 f"range ({err})") from err
+            out[key] = (tokens, lengths)
         return out
 
 
@@ -197,10 +196,16 @@ class DocumentWriter:
         from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
         self.builder = IndexedDatasetBuilder(bin_path, dtype=dtype)
+        self.dtype = np.dtype(dtype)
 
     def append(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """``tokens``: int32 ids of the documents back to back; raises ValueError if one does
+        not fit the dataset's dtype."""
+        limit = np.iinfo(self.dtype).max
+        if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) > limit):
+            raise ValueError(f"token id out of range for {self.dtype.name}")
         builder = self.builder
-        builder.data_file.write(memoryview(tokens))
+        builder.data_file.write(memoryview(tokens.astype(self.dtype, copy=False)))
         nonempty = lengths > 0
         builder.sequence_lengths.extend(lengths[nonempty].tolist())
         before = builder.document_indices[-1]  # sequences written before this block
@@ -211,6 +216,29 @@ class DocumentWriter:
 
     def close(self) -> None:
         self.builder.data_file.close()
+
+
+class BoundedFeed:
+    """Iterates ``items``, each taken only once a slot is free (``release`` one per result): a
+    pool's task feeder would otherwise read the whole input into memory ahead of the workers."""
+
+    def __init__(self, items: Iterator, slots: int):
+        self.items, self.slots, self.stopped = items, threading.Semaphore(slots), False
+
+    def __iter__(self):
+        for item in self.items:
+            self.slots.acquire()
+            if self.stopped:
+                return
+            yield item
+
+    def release(self) -> None:
+        self.slots.release()
+
+    def stop(self) -> None:
+        """Let a feeder blocked on a slot finish (a pool's terminate joins it)."""
+        self.stopped = True
+        self.slots.release()
 
 
 def _set_worker_encoder(encoder: BlockEncoder) -> None:
@@ -267,16 +295,14 @@ def preprocess(
         raise ValueError(f"--block-size must be >= 1, got {block_bytes}")
     if eod_for_empty_docs and not append_eod:
         raise ValueError("--eod-for-empty-docs needs --append-eod")
-    from megatron.core.datasets.indexed_dataset import DType
-    from pose_megatron.data.tokenizers import load_tokenizer
+    from pose_megatron.data.text_tokenizer import LocalTokenizer
 
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = LocalTokenizer(tokenizer_path)
     if append_eod and tokenizer.eod < 0:
         raise ValueError(f"--append-eod: tokenizer {tokenizer_path} has no EOS token")
     if prepend_bos and tokenizer.bos < 0:
         raise ValueError(f"--prepend-bos: tokenizer {tokenizer_path} has no BOS token")
-    dtype = DType.optimal_dtype(tokenizer.vocab_size)
-    encoder = BlockEncoder(input_path, json_keys, tokenizer_path, dtype, append_eod=append_eod,
+    encoder = BlockEncoder(input_path, json_keys, tokenizer_path, append_eod=append_eod,
                            prepend_bos=prepend_bos, eod_for_empty_docs=eod_for_empty_docs,
                            tokenizer=tokenizer)
 
@@ -287,26 +313,36 @@ def preprocess(
         progress = sys.stderr.isatty()
     start = time.time()
     pool = None
+    blocks = BoundedFeed(read_blocks(input_path, block_bytes), 4 * workers)
     try:
-        for key in json_keys:
-            prefix = f"{output_prefix}_{key}_document"
-            tmp = f"{prefix}.tmp-{os.getpid()}"
-            final[key] = (prefix, tmp)
-            writers[key] = DocumentWriter(tmp + ".bin", dtype)
-        blocks = read_blocks(input_path, block_bytes)
         if workers == 1:
             encoded = map(encoder, blocks)
         else:
+            # Workers start before this process imports Megatron-Core (seconds of CPU), so they
+            # tokenize while it does.
             pool = multiprocessing.get_context(_start_method()).Pool(
                 workers, initializer=_set_worker_encoder, initargs=(encoder,))
             encoded = pool.imap(_encode_in_worker, blocks)
+        from megatron.core.datasets.indexed_dataset import DType
+
+        dtype = DType.optimal_dtype(tokenizer.vocab_size)
+        for key in json_keys:
+            prefix = f"{output_prefix}_{key}_document"
+            tmp = f"{prefix}.tmp-{os.getpid()}"
+            writers[key] = DocumentWriter(tmp + ".bin", dtype)
+            final[key] = (prefix, tmp)
         from tqdm import tqdm
 
         with tqdm(desc=f"tokenize {os.path.basename(input_path)}", unit="doc",
                   disable=not progress) as bar:
             for per_key in encoded:
+                blocks.release()
                 for key, (tokens, doc_lengths) in per_key.items():
-                    writers[key].append(tokens, doc_lengths)
+                    try:
+                        writers[key].append(tokens, doc_lengths)
+                    except ValueError as err:
+                        raise ValueError(f"{input_path}: after document "
+                                         f"{sum(map(len, lengths[key]))}: {err}") from err
                     lengths[key].append(doc_lengths)
                 bar.update(len(next(iter(per_key.values()))[1]))
         if pool is not None:
@@ -321,6 +357,7 @@ def preprocess(
             os.replace(tmp + ".bin", prefix + ".bin")
             os.replace(tmp + ".idx", prefix + ".idx")
     finally:
+        blocks.stop()
         if pool is not None:
             pool.terminate()
             pool.join()
@@ -338,7 +375,8 @@ def preprocess(
             "prefix": final[key][0], "documents": int(lens.size), "tokens": int(lens.sum()),
             "empty_documents": int((lens == 0).sum()),
             "mean_length": float(lens.mean()), "max_length": int(lens.max()),
-            "histogram": length_histogram(lens), "seconds": elapsed, "dtype": np.dtype(dtype).name,
+            "histogram": length_histogram(lens), "seconds": elapsed,
+            "dtype": np.dtype(dtype).name,
         }
         if not quiet:
             s = summary[key]

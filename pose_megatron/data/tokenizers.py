@@ -1,93 +1,51 @@
-"""Tokenizers for preprocessing and for Megatron's dataset config.
+"""The tokenizer for Megatron's dataset config: a ``MegatronTokenizerBase`` over a
+``LocalTokenizer`` (sentencepiece ``.model`` file or Hugging Face directory, local files only).
 
-Two kinds, both local files only: a sentencepiece ``.model`` file (LLaMA-1/2, the bundled corpus)
-and a Hugging Face tokenizer directory (LLaMA-3, Mistral, Qwen2) loaded with ``AutoTokenizer``
-without remote code. ``PoseTokenizer`` is a ``MegatronTokenizerBase`` so it can sit in a
-``GPTDatasetConfig``: Megatron reads ``vocab_size``, ``eod``, ``pad`` and ``unique_identifiers``.
+``PoseTokenizer`` can sit in a ``GPTDatasetConfig``: Megatron reads ``vocab_size``, ``eod``, ``pad``
+and ``unique_identifiers``.
 """
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from typing import List
 
 from megatron.core.tokenizers import MegatronTokenizerBase
+
+from pose_megatron.data.text_tokenizer import LocalTokenizer
 
 
 class PoseTokenizer(MegatronTokenizerBase):
     """``tokenize(text) -> ids`` without special tokens; ``eod`` is the tokenizer's EOS."""
 
     def __init__(self, path: str):
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"tokenizer {path!r} does not exist")
-        super().__init__(path, {})
-        self.kind = "hf" if os.path.isdir(path) else "sentencepiece"
-        if self.kind == "sentencepiece":
-            import sentencepiece
-
-            self._sp = sentencepiece.SentencePieceProcessor()
-            try:
-                self._sp.Load(path)
-            except Exception as err:  # sentencepiece raises OSError/RuntimeError by version
-                raise ValueError(f"{path}: not a sentencepiece model ({err})") from err
-            self._vocab_size = int(self._sp.GetPieceSize())
-            self.eod = int(self._sp.eos_id())
-            self.bos = int(self._sp.bos_id())
-            self.pad = int(self._sp.pad_id())
-        else:
-            from transformers import AutoTokenizer
-
-            try:
-                self._hf = AutoTokenizer.from_pretrained(
-                    path, local_files_only=True, trust_remote_code=False)
-            except Exception as err:
-                raise ValueError(f"{path}: cannot load a Hugging Face tokenizer ({err})") from err
-            # Documents are far longer than any model window; the warning would fire per document.
-            self._hf.model_max_length = 1 << 62
-            self._vocab_size = len(self._hf)
-            self.eod = -1 if self._hf.eos_token_id is None else int(self._hf.eos_token_id)
-            self.bos = -1 if self._hf.bos_token_id is None else int(self._hf.bos_token_id)
-            self.pad = -1 if self._hf.pad_token_id is None else int(self._hf.pad_token_id)
+        local = LocalTokenizer(path)
+        super().__init__(local.path, {})
+        self.local = local
+        self.kind, self.eod, self.bos, self.pad = local.kind, local.eod, local.bos, local.pad
         self.unique_identifiers = OrderedDict(
-            [("class", type(self).__name__), ("kind", self.kind), ("path", path),
-             ("vocab_size", self._vocab_size), ("eod", self.eod)])
+            [("class", type(self).__name__), ("kind", self.kind), ("path", local.path),
+             ("vocab_size", local.vocab_size), ("eod", self.eod)])
 
     @property
     def vocab_size(self) -> int:
-        return self._vocab_size
+        return self.local.vocab_size
 
     @property
     def eos(self) -> int:
         return self.eod
 
     def tokenize(self, text: str) -> List[int]:
-        if self.kind == "sentencepiece":
-            return self._sp.EncodeAsIds(text)
-        return self._hf.encode(text, add_special_tokens=False)
+        return self.local.tokenize(text)
 
     def tokenize_batch(self, texts: List[str]) -> List[List[int]]:
-        """``[tokenize(t) for t in texts]`` in one call into the tokenizer's native code.
-
-        Sentencepiece encodes on one thread; a Hugging Face tokenizer as ``TOKENIZERS_PARALLELISM``
-        says (preprocessing workers turn it off: they parallelise over processes, one core each).
-        """
-        if self.kind == "sentencepiece":
-            return self._sp.Encode(texts, out_type=int, num_threads=1)
-        return self._hf(texts, add_special_tokens=False, return_attention_mask=False,
-                        return_token_type_ids=False)["input_ids"]
+        return self.local.tokenize_batch(texts)
 
     def detokenize(self, ids) -> str:
-        ids = [int(i) for i in ids]
-        if self.kind == "sentencepiece":
-            return self._sp.DecodeIds(ids)
-        return self._hf.decode(ids)
+        return self.local.detokenize(ids)
 
     def vocab(self):
-        if self.kind == "sentencepiece":
-            return {self._sp.IdToPiece(i): i for i in range(self._vocab_size)}
-        return self._hf.get_vocab()
+        return self.local.vocab()
 
     def apply_chat_template(self, *args, **kwargs):
         raise NotImplementedError("PoSE pretraining data has no chat template")
