@@ -110,3 +110,63 @@ class ModelArgs:
             )
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+def model_args_to_transformer_config(args: ModelArgs, **overrides):
+    """The one ``ModelArgs`` -> Megatron-Core ``TransformerConfig`` translation (model builder,
+    converters, evaluation and tests all use it).
+
+    Parallel sizes come from Megatron's initialised parallel state; ``overrides`` win over
+    everything (any ``TransformerConfig`` field: ``bf16``, ``sequence_parallel``, recompute...).
+    Fusions default to off, so the CPU runs; turn them on with overrides on a GPU. The RoPE
+    type's attention scaling becomes ``softmax_scale`` (see ``pose_megatron.rotary``).
+    """
+    import torch
+    import torch.nn.functional as F
+    from megatron.core import parallel_state as ps
+    from megatron.core.transformer import TransformerConfig
+
+    from pose_megatron.rotary import softmax_scale_for
+
+    parallel = {}
+    if ps.model_parallel_is_initialized():
+        parallel = dict(
+            tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
+            pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
+            context_parallel_size=ps.get_context_parallel_world_size(),
+        )
+    params_dtype = overrides.get("params_dtype", torch.float32)
+    kwargs = dict(
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        ffn_hidden_size=args.intermediate_size,
+        num_attention_heads=args.num_attention_heads,
+        num_query_groups=args.num_query_groups,
+        kv_channels=args.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=args.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=args.qkv_bias,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=args.init_method_std,
+        rotary_interleaved=args.rotary_interleaved,
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        use_cpu_initialization=not torch.cuda.is_available(),
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        softmax_scale=softmax_scale_for(args, args.head_dim),
+        **parallel,
+    )
+    kwargs.update(overrides)
+    config = TransformerConfig(**kwargs)
+    # Read by GPTModel for export metadata only; Megatron-LM sets it the same way.
+    config.rotary_base = args.rope_theta
+    return config

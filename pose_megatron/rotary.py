@@ -125,6 +125,17 @@ def attention_softmax_scale(attention_scaling: float, kv_channels: int) -> Optio
     return attention_scaling**2 / math.sqrt(kv_channels)
 
 
+def softmax_scale_for(settings, kv_channels: int) -> Optional[float]:
+    """``TransformerConfig.softmax_scale`` for a model with these RoPE settings (a ``RopeSettings``,
+    a dict of its fields or a ``ModelArgs``); None when the RoPE type has no attention scaling.
+
+    A Megatron-LM job sets ``args.softmax_scale`` to it before its model provider runs: Megatron-LM
+    copies every argument named like a ``TransformerConfig`` field into the config (0.16 and 0.19).
+    """
+    settings = RopeSettings.coerce(settings)
+    return attention_softmax_scale(rope_attention_scaling(settings, kv_channels), kv_channels)
+
+
 def check_attention_scale(config, attention_scaling: float, rotary_percent: float = 1.0) -> None:
     """Refuse a model whose attention was not built with the RoPE type's attention scaling."""
     kv_channels = config.kv_channels
@@ -149,8 +160,8 @@ def check_attention_scale(config, attention_scaling: float, rotary_percent: floa
             f"the model's attention was built with softmax_scale {have!r}, but this RoPE scaling "
             f"needs {want!r} (attention scaling {attention_scaling} squared / sqrt({kv_channels})): "
             f"build its TransformerConfig with softmax_scale=pose_megatron.rotary."
-            f"attention_softmax_scale({attention_scaling!r}, {kv_channels}) (Megatron-LM: set "
-            f"args.softmax_scale before the model provider runs)"
+            f"softmax_scale_for(rope_settings, {kv_channels}) (Megatron-LM: set args.softmax_scale "
+            f"to it before the model provider runs)"
         )
 
 

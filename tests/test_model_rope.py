@@ -438,7 +438,7 @@ def test_enable_pose_rope_refuses_what_it_cannot_serve(mp):
                      get_gpt_layer_local_spec(normalization="RMSNorm"), vocab_size=VOCAB,
                      max_sequence_length=yarn.max_position, position_embedding_type="rope")
     with pytest.raises(ValueError, match=r"softmax_scale 0\.25, but this RoPE scaling needs "
-                                         r"0\.3.*attention_softmax_scale"):
+                                         r"0\.3.*softmax_scale_for"):
         enable_pose_rope(model, yarn)
     enable_pose_rope(model, model_args("linear"))  # no attention scaling: fine
     config = model_args_to_transformer_config(plain, fused_single_qkv_rope=True)
