@@ -102,13 +102,59 @@ def test_eval_ppl_tool(tiny_hf_dir, tmp_path, capsys):  # noqa: F811
             np.array(model.tokenizer.encode("Pack my box with five dozen liquor jugs."))]
     direct = perplexity(model.logits, docs, 64, 40, BOS)
     assert r64["ppl"] == pytest.approx(direct.ppl, rel=1e-9)
-    assert float(lines[3].split()[1]) == pytest.approx(direct.ppl, abs=5e-4)
+    # the 40-token document cannot fill a 64-token window: the cell is marked and explained
+    assert (r32["full_documents"], r64["full_documents"]) == (2, 1)
+    assert lines[3].split()[1].endswith("*")
+    assert float(lines[3].split()[1][:-1]) == pytest.approx(direct.ppl, abs=5e-4)
+    assert any("length 64: * 1 of 2 documents are shorter than 63 tokens" in line
+               for line in lines)
     with open(str(tmp_path / "ppl.png"), "rb") as f:
         assert f.read(8) == PNG_MAGIC
 
     # Re-plot only, from the saved file.
     assert tool.main(["--compare", out, "--output-json", str(tmp_path / "again.json")]) == 0
     assert json.load(open(str(tmp_path / "again.json")))["models"] == [entry]
+
+
+def test_eval_ppl_marks_lengths_no_document_fills(tiny_hf_dir, tmp_path, capsys):  # noqa: F811
+    tool = load_tool("eval_ppl")
+    text = tmp_path / "doc.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 4)  # 180 tokens
+    out = str(tmp_path / "ppl.json")
+    assert tool.main(["--model", tiny_hf_dir, "--data", str(text), "--lengths", "32", "100000",
+                      "--stride", "31", "--device", "cpu", "--output-json", out]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3].split() == ["100000", "n/a"]
+    assert any("length 100000: n/a: the longest document has 180 tokens; length 100000 needs "
+               "99999" in line for line in lines)
+    r32, big = json.load(open(out))["models"][0]["results"]
+    assert r32["ppl"] > 1 and big["ppl"] is None and "180 tokens" in big["skipped"]
+    # an n/a result is a valid earlier result for --compare
+    assert tool.main(["--compare", out, "--output-json", str(tmp_path / "again.json")]) == 0
+    # no length can be computed: a one-line error before any window is evaluated
+    with pytest.raises(SystemExit, match="--lengths: no length can be evaluated: the longest "
+                                         "document of --data has 180 tokens"):
+        tool.main(["--model", tiny_hf_dir, "--data", str(text), "--lengths", "1k",
+                   "--device", "cpu", "--output-json", str(tmp_path / "none.json")])
+    assert not os.path.exists(tmp_path / "none.json")
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"tool": "eval_ppl", "models": [{"name": "a"}]}, r"models\[0\] \(a\) has no \"results\""),
+    ({"tool": "eval_ppl", "models": [{"name": "a", "results": [{"length": 32}]}]},
+     r"models\[0\].results\[0\] \(length 32\) has no numeric \"ppl\""),
+    ({"tool": "eval_ppl", "models": [{"results": []}]}, r"models\[0\] has no \"name\""),
+    ({"tool": "eval_ppl", "models": {"a": 1}}, r"\"models\" is not a list"),
+])
+def test_malformed_compare_fails_before_the_evaluation(tmp_path, content, message):
+    tool = load_tool("eval_ppl")
+    bad = tmp_path / "earlier.json"
+    bad.write_text(json.dumps(content))
+    # --model names no model at all: the error must come from --compare, checked first
+    with pytest.raises(SystemExit, match=f"--compare {bad}: " + message):
+        tool.main(["--model", str(tmp_path / "no-model"), "--data", str(bad), "--lengths", "32",
+                   "--compare", str(bad), "--output-json", str(tmp_path / "out.json")])
+    assert not os.path.exists(tmp_path / "out.json")
 
 
 def test_tool_errors_name_the_flag(tiny_hf_dir, tmp_path):  # noqa: F811
