@@ -76,8 +76,8 @@ def load_megatron_model(
     from pose_megatron import parallel
     from pose_megatron.model import build_model
 
-    args = ModelArgs.load(ckpt_dir)
     path = megatron_io.resolve_iteration_dir(ckpt_dir, iteration)
+    args = megatron_io.model_args_of(ckpt_dir, path)
     fmt = megatron_io.checkpoint_format(path)
     params_dtype = _resolve_dtype(dtype, args)
     if not ps.model_parallel_is_initialized():

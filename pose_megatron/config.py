@@ -94,10 +94,9 @@ class ModelArgs:
 
     def save(self, directory: str) -> str:
         path = os.path.join(directory, CONFIG_FILENAME)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        from pose_megatron import publish
+
+        publish.write_json(path, self.to_dict())
         return path
 
     @classmethod
@@ -108,8 +107,11 @@ class ModelArgs:
                 f"{path} not found: {directory} is not a checkpoint written by pose_megatron "
                 f"(its converters and training write {CONFIG_FILENAME} beside the weights)"
             )
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        try:
+            with open(path) as f:
+                return cls.from_dict(json.load(f))
+        except (ValueError, TypeError) as err:  # bad JSON, unknown or invalid settings
+            raise ValueError(f"{path}: {err}") from None
 
 
 def model_args_to_transformer_config(args: ModelArgs, **overrides):

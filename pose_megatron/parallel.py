@@ -31,8 +31,9 @@ def initialize(
     """Initialise torch.distributed and Megatron-Core's parallel state; return the device used.
 
     Reads the usual torchrun variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK).
-    Without them it starts a one-process group on a free local port, which is what a notebook or
-    a single-process evaluation wants.
+    Without them it starts a one-process group (what a notebook or a single-process evaluation
+    wants) on an in-memory store: no port, and the caller's os.environ is left as it was, so
+    tools it starts as subprocesses do not inherit a rendezvous of this process.
     """
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
@@ -59,7 +60,7 @@ def initialize(
         if "RANK" in os.environ:
             dist.init_process_group(backend=backend)
         else:
-            _init_single_process(backend)
+            init_single_process(backend)
 
     world = dist.get_world_size()
     model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size * context_parallel_size
@@ -79,21 +80,9 @@ def initialize(
     return device
 
 
-def _init_single_process(backend: str, attempts: int = 5) -> None:
-    # A port found free can be taken by another process before we bind it; a one-process group
-    # may simply pick another, as long as the user did not name one.
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["RANK"], os.environ["WORLD_SIZE"] = "0", "1"
-    chosen = "MASTER_PORT" not in os.environ
-    for attempt in range(attempts):
-        if chosen:
-            os.environ["MASTER_PORT"] = str(free_port())
-        try:
-            dist.init_process_group(backend=backend)
-            return
-        except dist.DistNetworkError as err:
-            if not chosen or "EADDRINUSE" not in str(err) or attempt == attempts - 1:
-                raise
+def init_single_process(backend: str = "gloo") -> None:
+    """A one-process torch.distributed group on an in-memory store (no TCP port, no env vars)."""
+    dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
 def destroy() -> None:

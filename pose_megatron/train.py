@@ -1,12 +1,11 @@
 """PoSE training entry: ``python -m pose_megatron.train --help`` (or ``torchrun ... -m``).
 
 ``main(argv)`` runs a whole training job and returns rank 0's per-step metrics, so scripts (the
-README's one-command demo, tests) can call it in-process.
+README's one-command demo, tests) can call it in-process; its errors are exceptions. Run as a
+command, expected failures end in one ``error:`` line (``pose_megatron.cli``).
 """
 
 from __future__ import annotations
-
-import sys
 
 from pose_megatron.training.arguments import parse_args
 
@@ -16,12 +15,18 @@ def main(argv=None) -> list:
     from pose_megatron import parallel
     from pose_megatron.training.loop import setup, train
 
-    trainer = setup(args)
     try:
-        return train(trainer)
+        trainer = setup(args)
+        try:
+            return train(trainer)
+        finally:
+            if trainer.save_lock is not None:
+                trainer.save_lock.release()
     finally:
         parallel.destroy()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from pose_megatron import cli
+
+    cli.run(main)

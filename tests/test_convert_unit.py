@@ -226,6 +226,7 @@ def test_reverse_refuses_unexportable_rope(hf_dir, tmp_path):
     args = ModelArgs.load(str(mg))
     args.rope_scaling = {"rope_type": "mystery", "factor": 2.0}
     args.save(str(mg))
+    args.save(str(mg / "release"))  # the copy saved with the weights is the one read
     with pytest.raises(ValueError, match="pose_model.json: .*unknown rope_type 'mystery'"):
         megatron_to_hf(str(mg), str(tmp_path / "back"), progress=False)
     assert not os.path.exists(tmp_path / "back")

@@ -21,6 +21,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from pose_megatron import cli  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
@@ -47,24 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer directory (or sentencepiece .model file) to copy (default: --hf-dir's)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_debug_argument(p)
     return p
 
 
-def main(argv=None) -> int:
+def convert(argv) -> int:
     opts = build_parser().parse_args(argv)
     from pose_megatron.convert import hf_to_megatron
 
-    try:
-        args = hf_to_megatron(
-            opts.hf_dir, opts.out, tp=opts.tp, pp=opts.pp, dtype=opts.dtype, fmt=opts.format,
-            spec=opts.spec, force=opts.force, tokenizer=opts.tokenizer,
-            progress=not opts.no_progress)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    args = hf_to_megatron(
+        opts.hf_dir, opts.out, tp=opts.tp, pp=opts.pp, dtype=opts.dtype, fmt=opts.format,
+        spec=opts.spec, force=opts.force, tokenizer=opts.tokenizer,
+        progress=not opts.no_progress)
     print(f"wrote {opts.out}: {args.family}, {args.num_layers} layers, hidden {args.hidden_size}, "
           f"rope {args.rope_scaling or 'default'} theta {args.rope_theta}, {args.torch_dtype}")
     return 0
+
+
+def main(argv=None) -> int:
+    """Convert; an expected failure prints one ``error:`` line and returns 2 (see cli)."""
+    return cli.run(convert, argv, exit=False)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from pose_megatron import cli  # noqa: E402
+
 
 def _size(text: str) -> int:
     units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -48,30 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer directory (or sentencepiece .model file) to copy (default: the checkpoint's tokenizer/)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_debug_argument(p)
     return p
 
 
-def main(argv=None) -> int:
+def convert(argv) -> int:
     opts = build_parser().parse_args(argv)
     try:
         max_shard = _size(opts.max_shard_size)
     except ValueError:
-        print(f"error: --max-shard-size {opts.max_shard_size!r}: expected e.g. 5GB or 500MB",
-              file=sys.stderr)
-        return 2
+        raise cli.UsageError(f"--max-shard-size {opts.max_shard_size!r}: expected e.g. 5GB or "
+                             "500MB") from None
     from pose_megatron.convert import megatron_to_hf
 
-    try:
-        args = megatron_to_hf(
-            opts.megatron_dir, opts.out, dtype=opts.dtype, force=opts.force,
-            tokenizer=opts.tokenizer, max_shard_bytes=max_shard, iteration=opts.iteration,
-            progress=not opts.no_progress)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    args = megatron_to_hf(
+        opts.megatron_dir, opts.out, dtype=opts.dtype, force=opts.force,
+        tokenizer=opts.tokenizer, max_shard_bytes=max_shard, iteration=opts.iteration,
+        progress=not opts.no_progress)
     print(f"wrote {opts.out}: {args.family}, {args.num_layers} layers, rope "
           f"{args.rope_scaling or 'default'}")
     return 0
+
+
+def main(argv=None) -> int:
+    """Convert; an expected failure prints one ``error:`` line and returns 2 (see cli)."""
+    return cli.run(convert, argv, exit=False)
 
 
 if __name__ == "__main__":

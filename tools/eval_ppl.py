@@ -165,4 +165,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pose_megatron import cli as error_convention
+
+    error_convention.run(main)

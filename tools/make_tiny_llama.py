@@ -25,6 +25,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-position-embeddings", type=int, default=64,
                    help="the model's original context window (default 64)")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    from pose_megatron import cli as error_convention
+
+    error_convention.add_debug_argument(p)
     args = p.parse_args(argv)
 
     import torch
@@ -54,4 +57,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pose_megatron import cli as error_convention
+
+    error_convention.run(main)

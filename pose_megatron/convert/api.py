@@ -9,6 +9,7 @@ import sys
 from typing import Optional
 
 
+from pose_megatron import publish
 from pose_megatron.config import ModelArgs
 from pose_megatron.convert import hf_config, hf_io, megatron_io, weights
 
@@ -46,6 +47,21 @@ def _check_hf_shapes(hf: hf_io.HFCheckpoint, args: ModelArgs) -> None:
         raise ValueError(f"{hf.directory}: tensors the converter does not know: {extra[:5]}")
 
 
+def check_tokenizer_source(tokenizer: Optional[str]) -> None:
+    """Refuse a ``--tokenizer`` that names nothing to copy, before any weights are written."""
+    if tokenizer is None:
+        return
+    if os.path.isfile(tokenizer) and tokenizer.endswith(".model"):
+        return
+    if not os.path.isdir(tokenizer):
+        raise FileNotFoundError(
+            f"--tokenizer {tokenizer}: neither a tokenizer directory nor a sentencepiece .model "
+            "file")
+    if not any(os.path.isfile(os.path.join(tokenizer, n)) for n in hf_io.TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"--tokenizer {tokenizer}: the directory holds none of {', '.join(hf_io.TOKENIZER_FILES[:3])}, ...")
+
+
 def hf_to_megatron(
     hf_dir: str, out: str, *, tp: int = 1, pp: int = 1, dtype: Optional[str] = None,
     fmt: str = "torch_dist", spec: str = "local", force: bool = False,
@@ -55,8 +71,19 @@ def hf_to_megatron(
         raise ValueError(f"--format {fmt!r}: expected one of {megatron_io.FORMATS}")
     if spec not in weights.SPECS:
         raise ValueError(f"--spec {spec!r}: expected one of {weights.SPECS}")
+    check_tokenizer_source(tokenizer)
+    publish.check_output_apart(out, {"--hf-dir": hf_dir, "--tokenizer": tokenizer})
+    publish.check_replaceable(out, force)
     hf = hf_io.HFCheckpoint(hf_dir, mmap=fmt == "torch_dist")  # torch_dist holds all tensors
-    args = hf_config.args_from_hf_config(hf.config, os.path.join(hf_dir, "config.json"))
+    config_path = os.path.join(hf_dir, "config.json")
+    try:
+        args = hf_config.args_from_hf_config(hf.config, config_path)
+    except KeyError as err:
+        raise ValueError(f"{config_path}: required key {err.args[0]!r} is missing") from None
+    except (TypeError, ValueError) as err:
+        if config_path in str(err):
+            raise
+        raise ValueError(f"{config_path}: {err}") from None
     weights.check_parallel(args, tp, pp)
     _check_hf_shapes(hf, args)
     stored = hf.dtype("model.embed_tokens.weight")
@@ -74,13 +101,15 @@ def hf_to_megatron(
         return [t.to(target) for t in weights.hf_to_global_pieces(name, tensors, args)]
 
     bar, step = _progress_bar(hf.nbytes(), "HF -> Megatron", progress)
-    with megatron_io.atomic_output(out, force) as tmp:
+    with publish.publish_dir(out, force=force,
+                             inputs={"--hf-dir": hf_dir, "--tokenizer": tokenizer}) as tmp:
         args.save(tmp)
         path = os.path.join(tmp, megatron_io.iteration_dir(None))
         if fmt == "legacy":
             megatron_io.write_legacy(path, args, get_global, tp, pp, spec=spec, progress=step)
         else:
             megatron_io.write_dist(path, args, get_pieces, target, progress=step)
+        args.save(path)  # the settings of these weights, beside them (see checkpointing)
         megatron_io.write_tracker(tmp, None)
         tok_dir = os.path.join(tmp, TOKENIZER_SUBDIR)
         os.makedirs(tok_dir)
@@ -100,6 +129,10 @@ def megatron_to_hf(
     tokenizer: Optional[str] = None, max_shard_bytes: int = 5 * 1024**3,
     iteration: Optional[int] = None, progress: bool = True,
 ) -> ModelArgs:
+    check_tokenizer_source(tokenizer)
+    inputs = {"--megatron-dir": megatron_dir, "--tokenizer": tokenizer}
+    publish.check_output_apart(out, inputs)
+    publish.check_replaceable(out, force)
     args, reader, _fmt = megatron_io.open_checkpoint(megatron_dir, iteration)
     if dtype is not None and dtype not in megatron_io.DTYPES:
         raise ValueError(f"--dtype {dtype!r}: expected one of bf16, fp16, fp32")
@@ -111,7 +144,7 @@ def megatron_to_hf(
     itemsize = reader.get(names[0]).element_size()
     total = itemsize * sum(math.prod(shape) for shape in weights.hf_shapes(args).values())
     bar, step = _progress_bar(total, "Megatron -> HF", progress)
-    with megatron_io.atomic_output(out, force) as tmp:
+    with publish.publish_dir(out, force=force, inputs=inputs) as tmp:
         writer = hf_io.HFWriter(tmp, max_shard_bytes)
         try:
             for name in names:

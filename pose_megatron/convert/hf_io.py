@@ -32,6 +32,14 @@ _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.
                        "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
 class _SafetensorsFile:
     """Reads tensors of a .safetensors file, memory-mapped or with plain positioned reads.
 
@@ -46,9 +54,23 @@ class _SafetensorsFile:
         self.path = path
         self.mmap = mmap
         self._map = None
+        size = os.path.getsize(path)
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{path}: {size} bytes, too short for a safetensors file "
+                                 "(truncated?)")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise ValueError(f"{path}: the header says {n} bytes but the file has {size}: "
+                                 "truncated or not a safetensors file")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError:
+                raise ValueError(f"{path}: the safetensors header is not valid JSON "
+                                 "(damaged file?)") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{path}: the safetensors header is not a JSON object")
         header.pop("__metadata__", None)
         self._base = 8 + n
         self._entries = header
@@ -100,15 +122,18 @@ class HFCheckpoint:
         config_path = os.path.join(directory, "config.json")
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"{config_path} not found: --hf-dir must be a HF model directory")
-        with open(config_path) as f:
-            self.config = json.load(f)
+        self.config = _read_json(config_path)
+        if not isinstance(self.config, dict):
+            raise ValueError(f"{config_path}: expected a JSON object")
         self._where: Dict[str, str] = {}  # tensor name -> file
         self._open: Dict[str, object] = {}
         for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             index_path = os.path.join(directory, index_name)
             if os.path.isfile(index_path):
-                with open(index_path) as f:
-                    self._where = dict(json.load(f)["weight_map"])
+                index = _read_json(index_path)
+                if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+                    raise ValueError(f"{index_path}: no 'weight_map' object")
+                self._where = dict(index["weight_map"])
                 break
         else:
             for single in ("model.safetensors", "pytorch_model.bin"):
@@ -132,8 +157,13 @@ class HFCheckpoint:
             if filename.endswith(".safetensors"):
                 self._open[filename] = _SafetensorsFile(path, mmap=self.mmap)
             else:
-                self._open[filename] = torch.load(path, map_location="cpu", mmap=True,
-                                                  weights_only=True)
+                try:
+                    self._open[filename] = torch.load(path, map_location="cpu", mmap=True,
+                                                      weights_only=True)
+                except (RuntimeError, EOFError, ValueError) as err:
+                    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                    raise ValueError(f"{path}: not a readable PyTorch weights file ({first})") \
+                        from None
         return self._open[filename]
 
     def _file_names(self, filename: str):

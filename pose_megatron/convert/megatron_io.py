@@ -19,16 +19,14 @@ from __future__ import annotations
 import os
 import queue
 import re
-import shutil
-import tempfile
 from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional
 
 import torch
 
+from pose_megatron import publish
 from pose_megatron.config import CONFIG_FILENAME, ModelArgs
 from pose_megatron.convert import weights
-from pose_megatron.training.checkpointing import fsync_dir
 
 TRACKER = "latest_checkpointed_iteration.txt"
 CHECKPOINT_VERSION = 3.0
@@ -43,53 +41,38 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
 
 
-# ----------------------------------------------------------------------------- output directories
+def atomic_output(out: str, force: bool, inputs=None):
+    """The converters' ``--out``: ``publish.publish_dir`` (kept under this name for callers)."""
+    return publish.publish_dir(out, force=force, inputs=inputs)
 
 
-@contextmanager
-def atomic_output(out: str, force: bool):
-    """Yield a temporary directory beside ``out``; it becomes ``out`` only if the body succeeds."""
-    out = os.path.abspath(out)
-    if os.path.exists(out):
-        if not os.path.isdir(out):
-            raise FileExistsError(f"--out {out} exists and is not a directory")
-        if os.listdir(out) and not force:
-            raise FileExistsError(f"--out {out} is not empty; pass --force to replace it")
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+class CheckpointReadError(ValueError):
+    """A checkpoint that exists but cannot be read (missing or damaged files)."""
+
+
+def read_or_fail(read: Callable, path: str):
+    """Run a Megatron / torch.distributed.checkpoint read of ``path``; a missing or damaged
+    file becomes one error naming ``path`` (torch's CheckpointException is a BaseException
+    wrapping each rank's traceback)."""
     try:
-        yield tmp
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return read()
+    except (CheckpointReadError, KeyboardInterrupt, SystemExit, MemoryError):
         raise
-    if os.path.exists(out):
-        # keep the old output until the new one is complete, then swap
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
-        os.replace(out, os.path.join(old, "x"))
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    fsync_dir(parent)
+    except BaseException as err:  # noqa: BLE001
+        lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+        detail = next((x for x in reversed(lines) if re.match(r"^\w+(Error|Exception): ", x)),
+                      lines[0] if lines else type(err).__name__)
+        if len(detail) > 300:
+            detail = detail[:300] + "..."
+        raise CheckpointReadError(f"{path}: cannot read the checkpoint ({detail})") from err
 
 
-def _fsync_tree(root: str) -> None:
-    """Flush every file and directory under ``root`` to disk.
-
-    The rename that publishes an output must not reach the disk before its contents do, or a
-    crash leaves a complete-looking checkpoint of empty files. (Megatron's torch_dist writer
-    already syncs its data files; syncing them again costs nothing.)
-    """
-    for directory, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(directory)
+def model_args_of(ckpt_dir: str, path: str) -> ModelArgs:
+    """The ModelArgs the weights in ``path`` (an iteration of ``ckpt_dir``) were saved with:
+    the iteration's own pose_model.json, else (older checkpoints) the one at the root."""
+    if os.path.isfile(os.path.join(path, CONFIG_FILENAME)):
+        return ModelArgs.load(path)
+    return ModelArgs.load(ckpt_dir)
 
 
 def iteration_dir(iteration: Optional[int]) -> str:
@@ -116,10 +99,8 @@ def resolve_iteration_dir(ckpt_dir: str, iteration: Optional[int] = None) -> str
 
 
 def write_tracker(ckpt_dir: str, iteration: Optional[int]) -> None:
-    path = os.path.join(ckpt_dir, TRACKER)
-    with open(path + ".tmp", "w") as f:
-        f.write("release" if iteration is None else str(iteration))
-    os.replace(path + ".tmp", path)
+    publish.write_text(os.path.join(ckpt_dir, TRACKER),
+                       "release" if iteration is None else str(iteration))
 
 
 def checkpoint_format(path: str) -> str:
@@ -258,9 +239,7 @@ def _ensure_process_group():
         return parallel.destroy
     from megatron.core import parallel_state
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(parallel.free_port()))
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    parallel.init_single_process("gloo")
     parallel_state.initialize_model_parallel(1, 1)
     return parallel.destroy
 
@@ -427,7 +406,7 @@ class DistReader:
         self.path, self.args = path, args
         self._cleanup = _ensure_process_group()
         try:
-            meta = dist_checkpointing.load_tensors_metadata(path)
+            meta = read_or_fail(lambda: dist_checkpointing.load_tensors_metadata(path), path)
         except BaseException:
             self.close()
             raise
@@ -461,8 +440,8 @@ class DistReader:
                     replica_id=replica)
         # A group is deliberately a part of each stacked tensor; Megatron's access check is for
         # a job loading whole tensors across its ranks.
-        return dist_checkpointing.load(request, self.path,
-                                       validate_access_integrity=group is None)
+        return read_or_fail(lambda: dist_checkpointing.load(
+            request, self.path, validate_access_integrity=group is None), self.path)
 
     def get(self, name: str) -> torch.Tensor:
         m = re.match(r"^decoder\.layers\.(\d+)\.(.+)$", name)
@@ -492,12 +471,12 @@ class DistReader:
 
 def open_checkpoint(ckpt_dir: str, iteration: Optional[int] = None):
     """(ModelArgs, reader with .get(global_name), format) of a pose_megatron checkpoint."""
-    args = ModelArgs.load(ckpt_dir)
     path = resolve_iteration_dir(ckpt_dir, iteration)
+    args = model_args_of(ckpt_dir, path)
     fmt = checkpoint_format(path)
     reader = DistReader(path, args) if fmt == "torch_dist" else LegacyReader(path, args)
     return args, reader, fmt
 
 
-__all__ = ["CONFIG_FILENAME", "atomic_output", "write_dist", "write_legacy", "open_checkpoint",
+__all__ = ["CONFIG_FILENAME", "write_dist", "write_legacy", "open_checkpoint",
            "stock_model", "FORMATS", "DTYPES"]

@@ -420,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bytes of input lines handed to a worker at a time "
                         f"(default {DEFAULT_BLOCK_BYTES})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from pose_megatron import cli as error_convention
+
+    error_convention.add_debug_argument(parser)
     return parser
 
 
@@ -440,4 +443,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pose_megatron import cli as error_convention
+
+    error_convention.run(main)

@@ -14,11 +14,13 @@ from pose_megatron.eval.report import format_table, read_results, write_json
 
 def make_parser(doc: str) -> argparse.ArgumentParser:
     """A parser whose description is the docstring's first paragraph and epilog the rest."""
-    return argparse.ArgumentParser(
+    from pose_megatron import cli as error_convention
+
+    return error_convention.add_debug_argument(argparse.ArgumentParser(
         description=doc.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(doc.split("\n\n")[1:]),
-    )
+    ))
 
 
 def parse_length(text: str) -> int:

@@ -334,7 +334,6 @@ def load_megatron(
     name: Optional[str] = None,
 ) -> EvalModel:
     import pose_megatron
-    from pose_megatron.config import ModelArgs
 
     if tokenizer_path is None:
         # The HF -> Megatron converter copies the HF tokenizer into the checkpoint.
@@ -345,7 +344,10 @@ def load_megatron(
                 "directory: pass --tokenizer (a sentencepiece .model file or a HF tokenizer "
                 "directory)"
             )
-    args = ModelArgs.load(path)
+    from pose_megatron.convert import megatron_io
+
+    # the settings saved with the weights the tracker names (older checkpoints: the root's)
+    args = megatron_io.model_args_of(path, megatron_io.resolve_iteration_dir(path))
     tokenizer = load_tokenizer(tokenizer_path)
     model = pose_megatron.load_megatron_model(path, device=str(device), dtype=dtype)
     set_eval_rope(model, args, rope_scaling)

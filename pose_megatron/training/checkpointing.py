@@ -2,11 +2,17 @@
 
 Layout (shared with the converters, which write ``release/``)::
 
-    CKPT/pose_model.json                  the ModelArgs
+    CKPT/pose_model.json                  the ModelArgs of the first save (read only for
+                                          checkpoints older than per-iteration copies)
     CKPT/latest_checkpointed_iteration.txt   "100" (or "release")
     CKPT/iter_0000100/                    megatron.core.dist_checkpointing of
         {"model", "optimizer", "opt_param_scheduler", "rng_state", "iteration",
          "consumed_train_samples", "checkpoint_version", "args"}
+    CKPT/iter_0000100/pose_model.json     the ModelArgs (architecture, RoPE) of these weights
+
+The ModelArgs travel inside each iteration, published with its weights by the same rename: a
+save killed half-way, or a resumed run with other RoPE flags, cannot relabel weights saved
+earlier. One run writes a ``--save`` directory at a time (``publish.OutputLock``).
 
 Atomicity: every rank writes into ``iter_X.tmp``; only after all ranks finished does rank 0 rename
 it to ``iter_X`` and then rewrite the tracker (temp file + rename). A process killed at any moment
@@ -16,6 +22,7 @@ load and replaced on the next save.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -25,6 +32,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pose_megatron import publish
+from pose_megatron.convert import megatron_io
 from pose_megatron.config import CONFIG_FILENAME, ModelArgs
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -65,24 +74,6 @@ def _rank() -> int:
 
 def _unwrap(model):
     return getattr(model, "module", model)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def fsync_dir(path: str) -> None:
-    """Make a directory's entries (a rename into it) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _rng_state() -> dict:
@@ -133,13 +124,7 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler, *,
 
     final = iteration_dir(root, iteration)
     tmp = final + ".tmp"
-    if _rank() == 0:
-        os.makedirs(root, exist_ok=True)
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)  # left by a save that was killed
-        os.makedirs(tmp)
-        model_args.save(root)
-    _barrier()
+    _prepare(root, tmp, model_args)
 
     model_sd = _unwrap(model).sharded_state_dict()
     state = {
@@ -160,15 +145,34 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler, *,
     if os.environ.get(KILL_DURING_SAVE_ENV) == str(iteration):
         os.kill(os.getpid(), signal.SIGKILL)
 
+    _publish(root, tmp, final, model_args, f"{iteration}\n")
+    return final
+
+
+def _prepare(root: str, tmp: str, model_args: ModelArgs) -> None:
+    if _rank() == 0:
+        os.makedirs(root, exist_ok=True)
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)  # left by a save that was killed (the --save lock is ours)
+        os.makedirs(tmp)
+        if not os.path.exists(os.path.join(root, CONFIG_FILENAME)):
+            model_args.save(root)  # for readers of the older layout; never rewritten
+    _barrier()
+
+
+def _publish(root: str, tmp: str, final: str, model_args: ModelArgs, tracker: str) -> None:
+    """Rank 0, once every rank's shards are in ``tmp``: add the settings, rename, point the
+    tracker at it."""
     _barrier()
     if _rank() == 0:
+        model_args.save(tmp)
+        publish.fsync_tree(tmp)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
-        fsync_dir(root)
-        _write_atomic(os.path.join(root, TRACKER), f"{iteration}\n")
+        publish.fsync_dir(root)
+        publish.write_text(os.path.join(root, TRACKER), tracker)
     _barrier()
-    return final
 
 
 def save_release(root: str, model, model_args: ModelArgs) -> str:
@@ -181,39 +185,38 @@ def save_release(root: str, model, model_args: ModelArgs) -> str:
 
     final = iteration_dir(root, "release")
     tmp = final + ".tmp"
-    if _rank() == 0:
-        os.makedirs(root, exist_ok=True)
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        os.makedirs(tmp)
-        model_args.save(root)
-    _barrier()
+    _prepare(root, tmp, model_args)
     dist_checkpointing.save({"model": _unwrap(model).sharded_state_dict()}, tmp)
-    _barrier()
-    if _rank() == 0:
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _write_atomic(os.path.join(root, TRACKER), "release\n")
-    _barrier()
+    _publish(root, tmp, final, model_args, "release\n")
     return final
 
 
+@dataclasses.dataclass
+class SavedCheckpoint:
+    """What ``--load`` names, read before anything is built: where, which settings, what state."""
+
+    root: str
+    tracker: object  # int iteration or "release"
+    path: str
+    model_args: ModelArgs
+    common: dict  # the common state: iteration, args, opt_param_scheduler, ...
+    has_optimizer: bool
+
+    @property
+    def release(self) -> bool:
+        return self.tracker == "release"
+
+
 def load_model_args(root: str) -> ModelArgs | None:
-    if os.path.exists(os.path.join(root, CONFIG_FILENAME)):
-        return ModelArgs.load(root)
-    return None
+    """The ModelArgs of the iteration the tracker names (None: ``root`` is no checkpoint)."""
+    tracker = read_tracker(root)
+    if tracker is None:
+        return None
+    return megatron_io.model_args_of(root, iteration_dir(root, tracker))
 
 
-def load_checkpoint(root: str, model, optimizer=None, scheduler=None, *,
-                    finetune: bool = False) -> dict:
-    """Load the checkpoint the tracker names into model (and optimizer, scheduler, RNG).
-
-    Returns {"iteration", "consumed_train_samples", "release"}. A ``release`` checkpoint (the
-    converter's output) holds a model only: training starts from iteration 0 with it. With
-    ``finetune`` a training checkpoint is treated the same way (Megatron-LM's ``--finetune``):
-    its weights start a new run, its optimizer, scheduler, RNG and data position are not read.
-    """
+def inspect_checkpoint(root: str) -> SavedCheckpoint:
+    """Read what ``--load root`` holds without loading any weights; refuses non-checkpoints."""
     from megatron.core import dist_checkpointing
 
     tracker = read_tracker(root)
@@ -223,21 +226,78 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, *,
             "written by pose_megatron (training or converter)")
     path = iteration_dir(root, tracker)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{os.path.join(root, TRACKER)} names {tracker}, but {path} is "
-                                "missing")
-    release = tracker == "release" or finetune
+        raise FileNotFoundError(f"--load {root}: {os.path.join(root, TRACKER)} names {tracker}, "
+                                f"but {path} is missing")
+    if not os.path.isfile(os.path.join(path, "metadata.json")):
+        if any(n.startswith("mp_rank_") for n in os.listdir(path)):
+            raise ValueError(
+                f"--load {root}: {path} is a legacy per-rank checkpoint (mp_rank_*); training "
+                "reads distributed checkpoints: convert with tools/convert_hf_to_megatron.py "
+                "--format torch_dist")
+        raise ValueError(f"--load {root}: {path} holds no distributed checkpoint (no "
+                         "metadata.json)")
+    model_args = megatron_io.model_args_of(root, path)
+    common = megatron_io.read_or_fail(lambda: dist_checkpointing.load_common_state_dict(path), path)
+    return SavedCheckpoint(root=root, tracker=tracker, path=path, model_args=model_args,
+                           common=dict(common or {}),
+                           has_optimizer="optimizer" in _saved_keys(path, common or {}))
+
+
+def lock_save_dir(root: str):
+    """Hold ``--save``'s lock for this run (rank 0 takes it; every rank refuses together).
+
+    Also removes the unpublished ``iter_*.tmp`` directories killed saves left: with the lock
+    held no other run can be writing them.
+    """
+    lock, message = None, None
+    if _rank() == 0:
+        try:
+            lock = publish.OutputLock(root, "--save").acquire()
+        except OSError as err:
+            message = str(err)
+        else:
+            if os.path.isdir(root):
+                for name in os.listdir(root):
+                    if name.endswith(".tmp") and os.path.isdir(os.path.join(root, name)):
+                        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        message = box[0]
+    if message:
+        raise publish.OutputError(message)
+    return lock
+
+
+def load_checkpoint(root: str, model, optimizer=None, scheduler=None, *,
+                    finetune: bool = False, load_optim: bool = True,
+                    saved: SavedCheckpoint | None = None) -> dict:
+    """Load the checkpoint the tracker names into model (and optimizer, scheduler, RNG).
+
+    Returns {"iteration", "consumed_train_samples", "release", "optimizer"}. A ``release``
+    checkpoint (the converter's output) holds a model only: training starts from iteration 0
+    with it. With ``finetune`` a training checkpoint is treated the same way (Megatron-LM's
+    ``--finetune``): its weights start a new run, its optimizer, scheduler, RNG and data
+    position are not read. Without ``load_optim`` (or when the checkpoint has none) the
+    optimizer starts fresh; ``"optimizer"`` in the result says whether it was loaded.
+    """
+    from megatron.core import dist_checkpointing
+
+    saved = saved or inspect_checkpoint(root)
+    path = saved.path
+    release = saved.release or finetune
     model_sd = _unwrap(model).sharded_state_dict()
     request = {"model": model_sd}
-    common = dist_checkpointing.load_common_state_dict(path)
     if not release:
         request["rng_state"] = _sharded_rng(_rng_state())
-        if optimizer is not None and "optimizer" in _saved_keys(path, common):
+        if optimizer is not None and load_optim and saved.has_optimizer:
             request["optimizer"] = optimizer.sharded_state_dict(
                 model_sd, is_loading=True, metadata=_optimizer_metadata(optimizer))
-    state = dist_checkpointing.load(request, path)
+    state = megatron_io.read_or_fail(lambda: dist_checkpointing.load(request, path), path)
     _unwrap(model).load_state_dict(state["model"])
     if release:
-        return {"iteration": 0, "consumed_train_samples": 0, "release": True}
+        return {"iteration": 0, "consumed_train_samples": 0, "release": True,
+                "optimizer": False}
     if "optimizer" in request:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and "opt_param_scheduler" in state:
@@ -245,7 +305,8 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, *,
     rng = state["rng_state"]
     _set_rng_state(rng[0] if isinstance(rng, list) else rng)
     return {"iteration": int(state["iteration"]),
-            "consumed_train_samples": int(state["consumed_train_samples"]), "release": False}
+            "consumed_train_samples": int(state["consumed_train_samples"]), "release": False,
+            "optimizer": "optimizer" in request}
 
 
 def _saved_keys(path: str, common: dict) -> set:

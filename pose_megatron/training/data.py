@@ -7,6 +7,8 @@ tokens, for smoke runs, tests and benchmarks: it needs no tokenizer and no files
 
 from __future__ import annotations
 
+import os
+
 from typing import Iterator, Optional
 
 import numpy as np
@@ -91,6 +93,51 @@ def batch_iterator(dataset, consumed_samples: int, micro_batch_size: int, dp_siz
         yield collate(dataset[i] for i in indices)
 
 
+def check_indexed_dataset(prefix: str) -> None:
+    """Refuse a missing, truncated or mismatched ``PREFIX.bin`` / ``PREFIX.idx`` pair up front
+    (Megatron would fail on the first sample it cannot read, or read past a document)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    for ext in (".bin", ".idx"):
+        if not os.path.isfile(prefix + ext):
+            raise FileNotFoundError(f"--data-path {prefix}: {prefix + ext} not found")
+    try:
+        index = IndexedDataset(prefix, mmap=True).index
+        lengths, pointers = index.sequence_lengths, index.sequence_pointers
+        itemsize = np.dtype(index.dtype).itemsize
+    except Exception as err:  # noqa: BLE001 - Megatron asserts on a bad header
+        raise ValueError(f"--data-path {prefix}: {prefix}.idx is not a Megatron index "
+                         f"({type(err).__name__}: {err})") from None
+    expected = int(pointers[-1]) + int(lengths[-1]) * itemsize if len(lengths) else 0
+    actual = os.path.getsize(prefix + ".bin")
+    if expected != actual:
+        raise ValueError(
+            f"--data-path {prefix}: {prefix}.idx describes {expected} bytes of tokens but "
+            f"{prefix}.bin has {actual}: a truncated .bin, or an .idx of another .bin")
+
+
+def check_data_inputs(args, vocab_size: int):
+    """Check --data-path and --tokenizer-model against each other and the model; returns the
+    tokenizer."""
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    if not args.tokenizer_model:
+        raise ValueError("--data-path needs --tokenizer-model (the tokenizer the corpus was "
+                         "made with: its end-of-document id separates documents)")
+    from pose_megatron.data.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer_model)
+    if tokenizer.vocab_size > vocab_size:
+        raise ValueError(
+            f"--tokenizer-model {args.tokenizer_model} has {tokenizer.vocab_size} tokens but the "
+            f"model's vocabulary has {vocab_size} (--vocab-size or the checkpoint's): token ids "
+            "would fall outside the embedding")
+    prefixes, _ = get_blend_from_list(args.data_path)
+    for prefix in prefixes:
+        check_indexed_dataset(prefix)
+    return tokenizer
+
+
 def build_megatron_dataset(args, vocab_size: int, num_samples: int):
     """The training split of ``--data-path`` (Megatron blend syntax) as PoseGPTDatasets."""
     from megatron.core.datasets.blended_megatron_dataset_builder import (
@@ -99,11 +146,7 @@ def build_megatron_dataset(args, vocab_size: int, num_samples: int):
 
     from pose_megatron.data.pose_dataset import PoseDatasetConfig, PoseGPTDataset
 
-    tokenizer = None
-    if args.tokenizer_model:
-        from pose_megatron.data.tokenizers import load_tokenizer
-
-        tokenizer = load_tokenizer(args.tokenizer_model)
+    tokenizer = check_data_inputs(args, vocab_size)
     config = PoseDatasetConfig(
         random_seed=args.seed, sequence_length=args.pose_train_len,
         target_len=args.pose_target_len, blend=get_blend_from_list(args.data_path),

@@ -41,6 +41,7 @@ class Trainer:
     iteration: int = 0
     consumed_train_samples: int = 0
     history: list = dataclasses.field(default_factory=list)
+    save_lock: object = None  # held for the whole run: one writer per --save
 
 
 def _is_te_available() -> bool:
@@ -133,6 +134,73 @@ def make_forward_step(device: str):
     return forward_step
 
 
+def _flag(args, name: str) -> bool:
+    return bool(getattr(args, name, False))
+
+
+# LR-schedule entries of Megatron-Core's OptimizerParamScheduler state -> the flag that sets them
+_SCHEDULE_FLAGS = (("max_lr", "lr", "--lr"), ("min_lr", "min_lr", "--min-lr"),
+                   ("lr_warmup_steps", "lr_warmup_iters", "--lr-warmup-iters"),
+                   ("lr_decay_steps", "lr_decay_iters", "--lr-decay-iters (default --train-iters)"),
+                   ("lr_decay_style", "lr_decay_style", "--lr-decay-style"))
+
+
+def _schedule_differences(args, saved_schedule: dict) -> list:
+    out = []
+    for key, attr, flag in _SCHEDULE_FLAGS:
+        if key in saved_schedule and saved_schedule[key] != getattr(args, attr):
+            out.append(f"{flag} {getattr(args, attr)} (checkpoint: {saved_schedule[key]})")
+    return out
+
+
+def check_resume_settings(args, saved, model_args: ModelArgs) -> None:
+    """Refuse a resume whose flags would silently differ from what the checkpoint continues.
+
+    Resuming continues the checkpoint's LR schedule, optimizer moments and RoPE. Flags that ask
+    for something else are refused unless an explicit flag says which side wins (Megatron-LM's
+    --override-opt-param-scheduler / --use-checkpoint-opt-param-scheduler, --no-load-optim).
+    """
+    where = f"--load {args.load} (iteration {saved.tracker})"
+    schedule = saved.common.get("opt_param_scheduler") or {}
+    changed = _schedule_differences(args, schedule)
+    if changed and not (_flag(args, "override_opt_param_scheduler")
+                        or _flag(args, "use_checkpoint_opt_param_scheduler")):
+        raise SystemExit(
+            f"error: {where}: the LR schedule flags differ from the checkpoint's: "
+            f"{'; '.join(changed)}; pass --use-checkpoint-opt-param-scheduler to continue the "
+            "checkpoint's schedule or --override-opt-param-scheduler to apply the flags")
+    if not saved.has_optimizer and not _flag(args, "no_load_optim"):
+        raise SystemExit(
+            f"error: {where} was saved without optimizer state (--no-save-optim); pass "
+            "--no-load-optim to resume with a fresh optimizer, or --finetune to start a new run "
+            "from its weights")
+    if model_args != saved.model_args and not _flag(args, "override_rope_scaling"):
+        old, new = saved.model_args.to_dict(), model_args.to_dict()
+        diff = "; ".join(f"{k} {new[k]} (checkpoint: {old[k]})" for k in old if old[k] != new[k])
+        raise SystemExit(
+            f"error: {where}: --rope-scaling-* flags change the model's RoPE: {diff}; resuming "
+            "continues the checkpoint's RoPE: drop those flags, or pass --override-rope-scaling "
+            "to continue training with the new RoPE (later iterations are labelled with it), or "
+            "--finetune to start a new run")
+
+
+def describe_resume(args, saved, state: dict, scheduler, model_args: ModelArgs) -> str:
+    """One line saying what a resumed run keeps from the checkpoint and what it replaces."""
+    sched = scheduler.state_dict()
+    overridden = _flag(args, "override_opt_param_scheduler")
+    schedule = (f"LR schedule {'from the flags (--override-opt-param-scheduler)' if overridden else 'of the checkpoint'}: "
+                f"lr {sched['max_lr']} -> {sched['min_lr']}, warm-up {sched['lr_warmup_steps']}, "
+                f"{sched['lr_decay_style']} decay over {sched['lr_decay_steps']}, "
+                f"at step {sched['num_steps']}")
+    optim = ("optimizer state" if state["optimizer"]
+             else "a FRESH optimizer (--no-load-optim; the checkpoint's moments are not used)")
+    rope = model_args.rope_scaling or "none"
+    rope_note = " (--override-rope-scaling)" if model_args != saved.model_args else ""
+    return (f"resuming iteration {state['iteration']} of {args.train_iters}: keeping weights, "
+            f"{optim}, {schedule}, RNG state, data position ({state['consumed_train_samples']} "
+            f"samples consumed); RoPE scaling {rope}{rope_note}")
+
+
 def setup(args) -> Trainer:
     from pose_megatron.training import startup
 
@@ -151,8 +219,12 @@ def setup(args) -> Trainer:
     parallel.initialize(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                         args.context_parallel_size, device=device, seed=args.seed)
 
-    loaded_args = checkpointing.load_model_args(args.load) if args.load else None
-    model_args = model_args_from(args, loaded_args)
+    save_lock = checkpointing.lock_save_dir(args.save) if args.save else None
+    saved = checkpointing.inspect_checkpoint(args.load) if args.load else None
+    resuming = saved is not None and not saved.release and not args.finetune
+    model_args = model_args_from(args, saved.model_args if saved else None)
+    if resuming:
+        check_resume_settings(args, saved, model_args)
     if args.pose_target_len > model_args.max_position:
         raise SystemExit(
             f"error: --pose-target-len {args.pose_target_len} exceeds the model's RoPE range "
@@ -208,7 +280,10 @@ def setup(args) -> Trainer:
         lr_warmup_steps=args.lr_warmup_iters, lr_decay_steps=args.lr_decay_iters,
         lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay,
         end_wd=args.weight_decay, wd_incr_steps=args.train_iters, wd_incr_style="constant",
-        wsd_decay_steps=max(1, args.lr_decay_iters // 10), lr_wsd_decay_style="linear")
+        wsd_decay_steps=max(1, args.lr_decay_iters // 10), lr_wsd_decay_style="linear",
+        # check_resume_settings has refused differences neither flag allows
+        use_checkpoint_opt_param_scheduler=not _flag(args, "override_opt_param_scheduler"),
+        override_opt_param_scheduler=_flag(args, "override_opt_param_scheduler"))
 
     config.finalize_model_grads_func = finalize_model_grads
     config.no_sync_func = model.no_sync
@@ -218,16 +293,19 @@ def setup(args) -> Trainer:
     num_micro = gbs // (args.micro_batch_size * dp)
     trainer = Trainer(args=args, device=device, model_args=model_args, model=model,
                       optimizer=optimizer, scheduler=scheduler, dataset=None,
-                      num_microbatches=num_micro)
+                      num_microbatches=num_micro, save_lock=save_lock)
     if args.load:
-        state = checkpointing.load_checkpoint(args.load, model, optimizer, scheduler,
-                                               finetune=args.finetune)
+        state = checkpointing.load_checkpoint(
+            args.load, model, optimizer, scheduler, finetune=args.finetune,
+            load_optim=not _flag(args, "no_load_optim"), saved=saved)
         trainer.iteration = state["iteration"]
         trainer.consumed_train_samples = state["consumed_train_samples"]
         if dist.get_rank() == 0:
             what = "model of release checkpoint" if state["release"] else \
                 f"iteration {state['iteration']}"
             print(f"loaded {what} from {args.load}", flush=True)
+            if resuming:
+                print(describe_resume(args, saved, state, scheduler, model_args), flush=True)
     trainer.dataset = build_dataset(args, model_args, args.train_iters * gbs)
     startup.print_settings(trainer, _spec(args, device))
     return trainer

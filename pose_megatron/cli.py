@@ -1,0 +1,143 @@
+"""The one error convention of every command-line tool.
+
+An expected failure (a bad file, a bad flag, a full disk, a refused resume) ends the tool with
+one line ``error: ...`` on stderr that names the file or flag, and exit status 2; no traceback.
+``--debug`` (every tool's parser has it) or ``POSE_MEGATRON_DEBUG=1`` shows the full traceback
+instead. Under torchrun only rank 0 prints; every rank exits non-zero.
+
+Usage in a tool::
+
+    def build_parser():
+        p = argparse.ArgumentParser(...)
+        cli.add_debug_argument(p)
+        ...
+
+    if __name__ == "__main__":
+        cli.run(main)   # main(argv) -> int | None; raises on failure
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+DEBUG_ENV = "POSE_MEGATRON_DEBUG"
+EXIT_ERROR = 2
+
+
+class UsageError(Exception):
+    """An expected failure; its message already names the file or flag."""
+
+
+def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an error instead of one line (also: "
+                             f"{DEBUG_ENV}=1)")
+    return parser
+
+
+def debug_requested(argv: Optional[Sequence[str]] = None) -> bool:
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _expected_types() -> tuple:
+    types = [UsageError, OSError, ValueError, KeyError, EOFError, MemoryError,
+             json.JSONDecodeError, UnicodeDecodeError]
+    try:
+        from safetensors import SafetensorError
+
+        types.append(SafetensorError)
+    except ImportError:
+        pass
+    core = sys.modules.get("megatron.core.dist_checkpointing.core")  # raised only once imported
+    if core is not None and hasattr(core, "CheckpointingException"):
+        types.append(core.CheckpointingException)
+    return tuple(types)
+
+
+def error_message(err: BaseException) -> str:
+    """The one line for ``err`` (without the ``error:`` prefix)."""
+    if isinstance(err, OSError) and err.errno is not None and err.strerror:
+        where = err.filename or ""
+        text = f"{where}: {err.strerror}" if where else err.strerror
+        if err.errno == errno.ENOSPC:
+            text += " (the disk is full: free space or write elsewhere; the earlier output, " \
+                    "if any, is kept)"
+        return text
+    if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        text = err.args[0]
+    else:
+        text = str(err) or type(err).__name__
+    if not isinstance(err, _expected_types()):
+        text = f"unexpected {type(err).__name__}: {text} (rerun with --debug for the traceback)"
+    return " ".join(text.split()) if "\n" in text else text
+
+
+def _rank() -> int:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except Exception:  # noqa: BLE001
+        pass
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors():
+    """argparse's own errors (a missing or malformed flag) as one line, not usage + message."""
+    original = argparse.ArgumentParser.error
+
+    def error(parser, message):
+        raise SystemExit(f"error: {message} (see {parser.prog} --help)")
+
+    argparse.ArgumentParser.error = error
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original
+
+
+def run(main: Callable, argv: Optional[Sequence[str]] = None, *, exit: bool = True):
+    """Run ``main(argv)`` under the convention above; exits with its status unless ``exit`` is
+    False (then the status is returned)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    code = 0
+    try:
+        with _one_line_usage_errors():
+            result = main(argv)
+        code = result if isinstance(result, int) else 0
+    except SystemExit as stop:
+        if isinstance(stop.code, str):  # SystemExit("error: ...") from a check
+            if _rank() == 0:
+                text = stop.code if stop.code.startswith("error:") else f"error: {stop.code}"
+                print(text, file=sys.stderr, flush=True)
+            code = EXIT_ERROR
+        elif not exit:
+            raise  # --help and the like: as argparse does
+        else:
+            code = stop.code or 0
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr, flush=True)
+        code = 130
+    except BaseException as err:  # noqa: BLE001 - the point: one line instead of a traceback
+        if debug:
+            raise
+        if _rank() == 0:
+            print(f"error: {error_message(err)}", file=sys.stderr, flush=True)
+        code = EXIT_ERROR
+    if not exit:
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)

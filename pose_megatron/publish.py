@@ -1,0 +1,303 @@
+"""Publishing outputs so that nothing half-written is visible and nothing earlier is lost.
+
+Every tool that writes a directory or a file other tools read (the converters' ``--out``,
+training's ``--save``) goes through here:
+
+- the output is built in a temporary sibling ``.NAME.tmp-PID-XXXX`` and renamed into place only
+  once complete and flushed to disk, so a killed writer leaves the previous output as it was;
+- an output may not be, contain or lie inside one of the writer's inputs (``--force`` would
+  otherwise replace the input it is reading);
+- one writer per output: an ``fcntl`` lock on ``.NAME.lock`` beside it, so a second writer
+  refuses instead of interleaving;
+- each temporary records its writer (host and pid), so the next writer of the same output
+  removes the temporaries of writers that are gone, and only those;
+- files and directories get the modes the umask gives (not ``tempfile``'s private 0700).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import uuid
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional
+
+WRITER_RECORD = ".writer.json"
+
+
+class OutputError(OSError):
+    """An output that cannot be published as asked; the message names the flag and path."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """``--out`` holds something that may not be replaced."""
+
+
+# ----------------------------------------------------------------------------- durability
+
+
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str) -> None:
+    """Flush every file and directory under ``root`` to disk.
+
+    The rename that publishes an output must not reach the disk before its contents do, or a
+    crash leaves a complete-looking output of empty files.
+    """
+    for directory, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(directory)
+
+
+def write_text(path: str, text: str) -> None:
+    """Replace the file ``path`` by ``text`` atomically and durably."""
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def write_json(path: str, data) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------- inputs vs output
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_output_apart(out: str, inputs: Dict[str, Optional[str]], out_flag: str = "--out") -> None:
+    """Refuse an output that is, contains or lies inside one of ``inputs`` ({flag: path})."""
+    real_out = os.path.realpath(out)
+    for flag, path in inputs.items():
+        if not path:
+            continue
+        real_in = os.path.realpath(path)
+        if real_in == real_out:
+            raise OutputError(f"{out_flag} {out} is the same directory as {flag} {path}: "
+                              f"write the output elsewhere")
+        if _inside(real_in, real_out):
+            raise OutputError(f"{out_flag} {out} contains {flag} {path}: replacing it would "
+                              f"delete the input; write the output elsewhere")
+        if _inside(real_out, real_in):
+            raise OutputError(f"{out_flag} {out} lies inside {flag} {path}: write the output "
+                              f"outside the input")
+
+
+# ----------------------------------------------------------------------------- one writer
+
+
+def _lock_path(out: str) -> str:
+    out = os.path.abspath(out)
+    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.lock")
+
+
+class OutputLock:
+    """Exclusive lock on an output (``.NAME.lock`` beside it), held until ``release()``.
+
+    The lock file exists only while held: the holder removes it before unlocking, and a writer
+    that locked a file someone removed meanwhile (its inode is no longer the path's) retries on
+    the new one, so removing it cannot let two writers in.
+    """
+
+    def __init__(self, out: str, flag: str = "--out"):
+        self.out, self.flag = os.path.abspath(out), flag
+        self.path = _lock_path(self.out)
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "OutputLock":
+        while True:
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as err:
+                raise OutputError(f"{self.flag} {self.out}: cannot create the lock file "
+                                  f"{self.path}: {err.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = ""
+                try:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                except OSError:
+                    pass
+                os.close(fd)
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise OutputError(
+                        f"{self.flag} {self.out} is being written by another process"
+                        f"{' (' + holder + ')' if holder else ''}; wait for it or choose "
+                        f"another {self.flag}") from None
+                raise
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # its holder removed it as we opened it: lock the current file
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __del__(self):
+        self.release()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+# ----------------------------------------------------------------------------- stale temporaries
+
+
+def _record_writer(directory: str) -> None:
+    with open(os.path.join(directory, WRITER_RECORD), "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
+
+
+def _writer_gone(directory: str) -> bool:
+    """True when ``directory``'s recorded writer ran on this host and no longer exists."""
+    try:
+        with open(os.path.join(directory, WRITER_RECORD)) as f:
+            record = json.load(f)
+        host, pid = record["host"], int(record["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # not ours, or not yet recorded: leave it
+    if host != socket.gethostname():
+        return False  # cannot tell from here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, someone else's
+    return False
+
+
+def clean_stale(out: str) -> list:
+    """Remove the temporaries of dead writers of ``out``; returns what was removed.
+
+    Call with the output's lock held. A writer killed between moving the previous output aside
+    and renaming the new one into place leaves no ``out`` but an ``.old-`` directory holding the
+    previous output: that one is put back, not removed.
+    """
+    out = os.path.abspath(out)
+    parent, name = os.path.dirname(out), os.path.basename(out)
+    removed = []
+    if not os.path.isdir(parent):
+        return removed
+    for entry in sorted(os.listdir(parent)):
+        path = os.path.join(parent, entry)
+        if entry.startswith(f".{name}.old-") and os.path.isdir(path) and _writer_gone(path):
+            kept = os.path.join(path, "previous")
+            if os.path.exists(kept) and not os.path.lexists(out):
+                os.replace(kept, out)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        elif entry.startswith(f".{name}.tmp-") and os.path.isdir(path) and _writer_gone(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def make_temp_dir(out: str, kind: str = "tmp") -> str:
+    """A fresh sibling ``.NAME.KIND-PID-XXXX`` of ``out``, mode from the umask, writer recorded."""
+    out = os.path.abspath(out)
+    path = os.path.join(os.path.dirname(out),
+                        f".{os.path.basename(out)}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path)  # 0777 & ~umask, like any directory the user creates
+    _record_writer(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- publishing
+
+
+def check_replaceable(out: str, force: bool, flag: str = "--out") -> None:
+    if os.path.lexists(out):
+        if not os.path.isdir(out):
+            raise OutputExistsError(f"{flag} {out} exists and is not a directory")
+        if os.listdir(out) and not force:
+            raise OutputExistsError(f"{flag} {out} is not empty; pass --force to replace it")
+
+
+@contextmanager
+def publish_dir(out: str, *, force: bool = False, inputs: Optional[Dict[str, str]] = None,
+                flag: str = "--out") -> Iterator[str]:
+    """Yield a temporary directory that becomes ``out`` only if the body succeeds.
+
+    ``inputs`` ({flag: path}) are the directories the body reads; ``out`` may not overlap them.
+    A non-empty ``out`` is replaced only with ``force``, and only once the new one is complete.
+    """
+    out = os.path.abspath(out)
+    check_output_apart(out, inputs or {}, flag)
+    check_replaceable(out, force, flag)
+    parent = os.path.dirname(out)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{flag} {out}: cannot create {parent}: {err.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{flag} {out}: {parent} is not writable")
+    with OutputLock(out, flag):
+        clean_stale(out)
+        check_replaceable(out, force, flag)  # another writer may have published meanwhile
+        try:
+            tmp = make_temp_dir(out)
+        except OSError as err:
+            raise OutputError(f"{flag} {out}: cannot write in {parent}: {err.strerror}") from None
+        try:
+            yield tmp
+            os.unlink(os.path.join(tmp, WRITER_RECORD))
+            fsync_tree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if os.path.lexists(out):
+            # Keep the previous output until the new one is complete, then swap. Killed between
+            # the two renames, the next writer's clean_stale puts the previous one back.
+            old = make_temp_dir(out, "old")
+            os.replace(out, os.path.join(old, "previous"))
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        fsync_dir(parent)
