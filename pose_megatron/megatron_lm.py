@@ -1,28 +1,33 @@
-"""Helpers to PoSE-train inside an existing Megatron-LM ``pretrain_gpt.py`` job.
+"""Helpers to PoSE-train inside Megatron-LM's own ``pretrain_gpt.py`` (or your copy of it).
 
-Four changes to a Megatron-LM script (docs/embedding.md shows the diff):
-  1. ``extra_args_provider=add_pose_args`` adds the ``--pose-*`` flags. Megatron-LM 0.16 takes it
-     as ``pretrain(..., extra_args_provider=...)``; 0.19 builds its config container with
-     ``parse_and_validate_args(extra_args_provider=...)``. Both call ``provider(parser)``.
-  2. ``pose_model_provider(model_provider)`` wraps the job's model provider so every chunk it
-     returns uses position-id-aware RoPE (``pose_megatron.model.enable_pose_rope``).
+examples/megatron_lm/ holds the change as a patch of each supported release's script
+(core_v0.16.1, core_v0.19.0); docs/embedding.md explains it line by line. One helper set serves
+both releases, following the signatures of their own functions:
+  1. ``pose_extra_args_provider(existing)``: the script's own ``extra_args_provider`` (ModelOpt's
+     when installed, else None) chained with ``add_pose_args``. 0.16 hands it to ``pretrain``,
+     0.19 to ``parse_and_validate_args``; both call ``provider(parser)``.
+  2. ``pose_model_provider(provider)``: wraps ``partial(model_provider, gpt_builder)`` (0.15+
+     providers take the builder first) so every chunk it returns uses position-id-aware RoPE
+     (``pose_megatron.model.enable_pose_rope``). 0.16 passes it to ``pretrain`` in place of the
+     stock provider; 0.19 builds its config container without a model config and passes it as
+     ``pretrain(..., model_provider=...)``, the provider path 0.19 still supports.
   3. ``pose_datasets_provider`` builds ``PoseGPTDataset``s from ``--data-path``.
   4. ``pose_get_batch`` replaces ``get_batch``: position ids are broadcast over TP, given to every
      pipeline stage and split over CP like the tokens (stock ``get_batch`` keeps them on the
-     first stage only and has the dataset's 0..L-1).
+     first stage only and has the dataset's 0..L-1). It returns 0.16's six values (``...,
+     position_ids, packed_seq_params``) or, given 0.19's ``keys=BATCH_KEYS``, one value per key.
 
-Arguments are read with ``pose_arg(args, name)``, which finds a field on a flat argparse
-``Namespace`` (0.16) or anywhere one level down in a config container (0.19 groups its fields in
-sub-configs), so the same helpers serve both.
+Both releases keep the parsed arguments as a flat ``argparse.Namespace`` behind
+``megatron.training.get_args()``; the helpers read it with ``pose_arg(args, name)``.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
-from pose_megatron.training.arguments import ROPE_SCALING_TYPES, rope_scaling_dict
+from pose_megatron.training.arguments import ROPE_FLAG_DESTS, rope_scaling_from_flags
 
 _MISSING = object()
 
@@ -39,24 +44,28 @@ def add_pose_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return add_pose_arguments(parser)
 
 
+def pose_extra_args_provider(existing: Optional[Callable] = None) -> Callable:
+    """An ``extra_args_provider`` that runs ``existing`` (if any), then ``add_pose_args``.
+
+    Megatron-LM takes a single provider, and its own script already passes one (ModelOpt's when
+    installed), so PoSE's flags are chained after it rather than put in its place.
+    """
+    def provider(parser):
+        if existing is not None:
+            parser = existing(parser) or parser
+        return add_pose_args(parser)
+
+    return provider
+
+
 def pose_arg(args: Any, name: str, default: Any = _MISSING) -> Any:
-    """``name`` from a flat Namespace or from one level of sub-configs of a config container."""
-    if isinstance(args, dict):
-        if name in args:
-            return args[name]
-        children = list(args.values())
-    else:
-        if hasattr(args, name):
-            return getattr(args, name)
-        children = list(vars(args).values()) if hasattr(args, "__dict__") else []
-    for child in children:
-        if isinstance(child, dict) and name in child:
-            return child[name]
-        if hasattr(child, "__dict__") and not isinstance(child, type) and hasattr(child, name):
-            return getattr(child, name)
+    """``args.name`` (Megatron-LM's flat Namespace); a clear error where the flag was never added."""
+    value = getattr(args, name, _MISSING)
+    if value is not _MISSING:
+        return value
     if default is _MISSING:
         raise AttributeError(f"Megatron-LM arguments have no {name!r}; was add_pose_args passed "
-                             "as extra_args_provider?")
+                             "as (or chained into) the extra_args_provider?")
     return default
 
 
@@ -72,10 +81,18 @@ def pose_settings(args) -> dict:
                          "pipeline schedules size their buffers from --seq-length)")
     original = (pose_arg(args, "rope_original_max_position", None)
                 or pose_arg(args, "max_position_embeddings", None) or seq)
-    factor = pose_arg(args, "rope_scaling_factor", None) or target_len / original
-    rope_type = pose_arg(args, "rope_scaling_type", "linear")
-    scaling = rope_scaling_dict(rope_type, factor, original)
-    max_position = max(int(round(original * (factor if scaling else 1.0))), original)
+    rope_type = pose_arg(args, "rope_scaling_type", None)
+    if rope_type is None:
+        # A Megatron-LM job has no model description of its own to keep a scaling from.
+        if target_len > original:
+            raise ValueError(f"--rope-scaling-type is required: --pose-target-len {target_len} "
+                             f"exceeds the model's window {original} (--max-position-embeddings)")
+        rope_type = "none"
+    flags = argparse.Namespace(**{dest: pose_arg(args, dest, None) for dest in ROPE_FLAG_DESTS})
+    flags.rope_scaling_type = rope_type
+    scaling = rope_scaling_from_flags(flags, original=int(original), target_len=target_len)
+    factor = float((scaling or {}).get("factor", 1.0))
+    max_position = max(int(round(original * factor)), original)
     if target_len > max_position:
         raise ValueError(f"--pose-target-len {target_len} exceeds the RoPE range {max_position}; "
                          "raise --rope-scaling-factor")
@@ -154,15 +171,22 @@ def pose_datasets_provider(train_val_test_num_samples, vp_stage=None, *, get_arg
 pose_datasets_provider.is_distributed = True  # Megatron-LM: build on every rank that reads
 
 
-def pose_get_batch(data_iterator, vp_stage=None, device: str = "cuda"):
-    """Megatron-LM ``get_batch`` for PoSE: (tokens, labels, loss_mask, attention_mask, position_ids).
+def pose_get_batch(data_iterator, vp_stage=None, keys: Optional[Sequence[str]] = None,
+                   device: str = "cuda"):
+    """Megatron-LM ``get_batch`` for PoSE.
 
-    Megatron-LM's data loader yields collated dicts of tensors; TP rank 0 of every stage reads,
-    the other TP ranks receive by broadcast, then the CP split (2*CP load-balanced chunks) is
-    applied to every field, position ids included. Fields a stage does not use are None.
+    Without ``keys`` it returns what 0.16's ``get_batch`` returns: (tokens, labels, loss_mask,
+    attention_mask, position_ids, packed_seq_params). With ``keys`` (0.19 passes its
+    ``BATCH_KEYS``) it returns one value per key, in that order. Megatron-LM's data loader yields
+    collated dicts of tensors; TP rank 0 of every stage reads, the other TP ranks receive by
+    broadcast, then the CP split (2*CP load-balanced chunks) is applied to every field, position
+    ids included. Fields a stage does not use are None; so are the attention mask (causal, PoSE
+    samples are one document each) and the packed-sequence fields (PoSE does not pack).
     """
     from pose_megatron.training.batch import get_batch
 
     batch = get_batch(data_iterator, device, vp_stage=vp_stage)
+    if keys is not None:
+        return [batch.get(key) for key in keys]
     return (batch.get("tokens"), batch.get("labels"), batch.get("loss_mask"), None,
-            batch["position_ids"])
+            batch["position_ids"], None)

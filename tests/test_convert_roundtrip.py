@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pose_megatron.config import ModelArgs
-from pose_megatron.convert import hf_to_megatron, megatron_to_hf
+from pose_megatron.convert import hf_to_megatron, megatron_io, megatron_to_hf
 from tests.test_convert_fixtures import FAMILIES, hf_state, make_hf_model, save_hf_model
 from tests.distributed import run_distributed
 
@@ -42,11 +42,14 @@ def test_legacy_roundtrip_every_tp_pp(family, hf_dirs, tmp_path):
     for tp, pp in GRID:
         mg, back = tmp_path / f"mg{tp}{pp}", tmp_path / f"hf{tp}{pp}"
         hf_to_megatron(src, str(mg), tp=tp, pp=pp, fmt="legacy", progress=False)
-        ranks = sorted(os.listdir(mg / "release"))
+        ranks = sorted(n for n in os.listdir(mg / "release") if n.startswith("mp_rank_"))
         assert len(ranks) == tp * pp
         assert (mg / "latest_checkpointed_iteration.txt").read_text() == "release"
-        blob = torch.load(mg / "release" / ranks[-1] / "model_optim_rng.pt", weights_only=True)
+        blob = megatron_io.load_rank_file(mg / "release" / ranks[-1] / "model_optim_rng.pt")
         assert blob["checkpoint_version"] == 3.0 and blob["iteration"] == 0
+        # what Megatron-LM's load_checkpoint compares and --use-checkpoint-args reads
+        assert (blob["args"].tensor_model_parallel_size, blob["args"].pipeline_model_parallel_size,
+                blob["args"].ckpt_format) == (tp, pp, "torch")
         megatron_to_hf(str(mg), str(back), progress=False, max_shard_bytes=30_000)
         _assert_same_tensors(expected, hf_state(str(back)), f"{family} tp={tp} pp={pp}")
 
@@ -56,8 +59,8 @@ def test_legacy_shard_contents_follow_megatron_layout(hf_dirs, tmp_path):
     src = hf_dirs["llama3_untied"]
     hf = hf_state(src)
     hf_to_megatron(src, str(tmp_path / "mg"), tp=2, pp=2, fmt="legacy", progress=False)
-    stage1 = torch.load(tmp_path / "mg/release/mp_rank_01_001/model_optim_rng.pt",
-                        weights_only=True)["model"]
+    stage1 = megatron_io.load_rank_file(
+        tmp_path / "mg/release/mp_rank_01_001/model_optim_rng.pt")["model"]
     d = 16
     qkv = stage1["decoder.layers.0.self_attention.linear_qkv.weight"]  # global layer 2
     p = "model.layers.2."
@@ -81,8 +84,8 @@ def test_legacy_te_spec_names_and_tied_last_stage(hf_dirs, tmp_path):
     src = hf_dirs["qwen2"]
     hf = hf_state(src)
     hf_to_megatron(src, str(tmp_path / "mg"), tp=1, pp=2, fmt="legacy", spec="te", progress=False)
-    last = torch.load(tmp_path / "mg/release/mp_rank_00_001/model_optim_rng.pt",
-                      weights_only=True)["model"]
+    last = megatron_io.load_rank_file(
+        tmp_path / "mg/release/mp_rank_00_001/model_optim_rng.pt")["model"]
     assert torch.equal(last["decoder.layers.0.self_attention.linear_qkv.layer_norm_weight"],
                        hf["model.layers.2.input_layernorm.weight"])
     assert torch.equal(last["decoder.layers.1.mlp.linear_fc1.layer_norm_weight"],
@@ -127,18 +130,29 @@ def _dist_roundtrips(rank, world, dirs, out_root):
         # a legacy file is exactly a stock GPTModel's state dict (_extra_state included)
         legacy = os.path.join(out_root, f"{family}-legacy")
         hf_to_megatron(src, legacy, fmt="legacy", progress=False)
-        state = torch.load(os.path.join(legacy, "release/mp_rank_00/model_optim_rng.pt"),
-                           weights_only=True)["model"]
+        state = megatron_io.load_rank_file(
+            os.path.join(legacy, "release/mp_rank_00/model_optim_rng.pt"))["model"]
         model = megatron_io.stock_model(ModelArgs.load(legacy), torch.float32)
         strict[family] = sorted(set(model.state_dict()) ^ set(state))
         model.load_state_dict(state, strict=True)
     assert strict == {f: [] for f in dirs}, strict
-    return sorted(os.listdir(os.path.join(out_root, f"{next(iter(dirs))}-mg", "release")))
+    from megatron.core import dist_checkpointing
+
+    release = os.path.join(out_root, f"{next(iter(dirs))}-mg", "release")
+    # 0.16 keeps the common state in common.pt, 0.19 inside the distributed checkpoint
+    common = dist_checkpointing.load_common_state_dict(release)
+    return sorted(os.listdir(release)), sorted(common), vars(common["args"])
 
 
 def test_torch_dist_roundtrip_all_families(hf_dirs, tmp_path):
-    (files,) = run_distributed(_dist_roundtrips, 1, hf_dirs, str(tmp_path))
-    assert "metadata.json" in files and "common.pt" in files
+    (files, common, lm_args), = run_distributed(_dist_roundtrips, 1, hf_dirs, str(tmp_path))
+    assert "metadata.json" in files
+    assert {"args", "checkpoint_version", "iteration"} <= set(common)
+    # Megatron-LM's --use-checkpoint-args reads the model shape from these
+    first = ModelArgs.load(str(tmp_path / f"{next(iter(hf_dirs))}-mg"))
+    assert (lm_args["num_layers"], lm_args["hidden_size"], lm_args["num_query_groups"],
+            lm_args["padded_vocab_size"]) == (first.num_layers, first.hidden_size,
+                                              first.num_query_groups, first.vocab_size)
     for family, src in hf_dirs.items():
         _assert_same_tensors(hf_state(src), hf_state(str(tmp_path / f"{family}-hf")), family)
 

@@ -1,7 +1,11 @@
-"""Helpers for embedding PoSE in a Megatron-LM pretrain_gpt.py job (0.16 and 0.19 argument shapes)."""
+"""Helpers for embedding PoSE in Megatron-LM's pretrain_gpt.py, on real Megatron-Core.
+
+The helpers inside the real Megatron-LM script (both releases) are run by
+tools/check_megatron_lm.sh, which needs a Megatron-LM checkout that CI does not have.
+"""
 
 import argparse
-import types
+import functools
 
 import numpy as np
 import pytest
@@ -10,49 +14,41 @@ from pose_megatron import megatron_lm
 from tests.distributed import run_distributed
 
 
-def _megatron_like_parser():
-    # The few Megatron-LM flags the helpers read, under Megatron-LM's names and defaults.
-    p = argparse.ArgumentParser()
-    p.add_argument("--seq-length", type=int)
-    p.add_argument("--max-position-embeddings", type=int)
-    p.add_argument("--rotary-base", type=int, default=10000)
-    p.add_argument("--rope-scaling-factor", type=float, default=8.0)  # Megatron-LM's LLaMA-3.1 flag
-    p.add_argument("--seed", type=int, default=1234)
-    return p
+def _pose_args(*argv, **megatron_fields):
+    # PoSE's own flags parsed by add_pose_args; the Megatron-LM fields the helpers read are given
+    # as values (CI has no Megatron-LM checkout: tools/check_megatron_lm.sh runs the real script).
+    args = megatron_lm.add_pose_args(argparse.ArgumentParser()).parse_args(list(argv))
+    for name, value in megatron_fields.items():
+        setattr(args, name, value)
+    return args
 
 
-def test_extra_args_provider_keeps_megatron_flags_and_adds_pose():
-    parser = megatron_lm.add_pose_args(_megatron_like_parser())
-    args = parser.parse_args(["--seq-length", "2048", "--max-position-embeddings", "2048",
-                              "--pose-target-len", "16384", "--rope-scaling-factor", "8"])
-    s = megatron_lm.pose_settings(args)
-    assert (s["train_len"], s["target_len"], s["num_chunks"], s["scheme"]) == \
-        (2048, 16384, 2, "reference")
-    assert s["rope"] == {"rope_theta": 10000.0, "rope_scaling": {"rope_type": "linear",
-                         "factor": 8.0}, "max_position": 16384, "max_position_embeddings": 2048}
+def test_extra_args_provider_chains_the_scripts_own():
+    # Megatron-LM's pretrain_gpt.py already passes a provider (ModelOpt's); PoSE's flags chain on.
+    def existing(parser):
+        parser.add_argument("--export-te-mcore-model", action="store_true")
+        return parser
+
+    parser = megatron_lm.pose_extra_args_provider(existing)(argparse.ArgumentParser())
+    args = parser.parse_args(["--export-te-mcore-model", "--pose-target-len", "4096"])
+    assert args.export_te_mcore_model and args.pose_target_len == 4096
+    assert megatron_lm.pose_extra_args_provider(None)(argparse.ArgumentParser()).parse_args(
+        ["--pose-target-len", "8"]).pose_target_len == 8
 
 
-def test_config_container_shape_of_0_19():
-    # 0.19 groups fields into sub-configs of one container; the helpers look one level down.
-    container = types.SimpleNamespace(
-        model=types.SimpleNamespace(seq_length=4096, max_position_embeddings=4096,
-                                    rotary_base=500000),
-        pose={"pose_target_len": 131072, "rope_scaling_type": "yarn",
-              "rope_scaling_factor": 32.0},
-    )
-    s = megatron_lm.pose_settings(container)
-    assert s["train_len"] == 4096 and s["target_len"] == 131072
-    assert s["rope"]["rope_scaling"] == {"rope_type": "yarn", "factor": 32.0,
-                                         "original_max_position_embeddings": 4096}
-    assert s["rope"]["rope_theta"] == 500000.0
-    with pytest.raises(AttributeError, match="extra_args_provider"):
-        megatron_lm.pose_arg(container, "no_such_flag")
+def test_rope_scaling_type_is_required_beyond_the_window():
+    args = _pose_args("--pose-target-len", "8192", seq_length=2048, max_position_embeddings=2048)
+    with pytest.raises(ValueError, match="--rope-scaling-type is required"):
+        megatron_lm.pose_settings(args)
+    args = _pose_args("--pose-target-len", "8192", "--rope-scaling-type", "linear",
+                      seq_length=2048, max_position_embeddings=2048)
+    assert megatron_lm.pose_settings(args)["rope"]["rope_scaling"] == {"rope_type": "linear",
+                                                                       "factor": 4.0}
 
 
 def test_target_beyond_rope_range_is_refused():
-    args = megatron_lm.add_pose_args(_megatron_like_parser()).parse_args(
-        ["--seq-length", "2048", "--max-position-embeddings", "2048", "--pose-target-len",
-         "32768", "--rope-scaling-factor", "8"])
+    args = _pose_args("--pose-target-len", "32768", "--rope-scaling-type", "linear",
+                      "--rope-scaling-factor", "8", seq_length=2048, max_position_embeddings=2048)
     with pytest.raises(ValueError, match="exceeds the RoPE range 16384"):
         megatron_lm.pose_settings(args)
 
@@ -66,21 +62,30 @@ def _wrapped_provider(rank, world):
     from pose_megatron import parallel
 
     parallel.initialize(device="cpu", seed=3)
-    config = TransformerConfig(num_layers=2, hidden_size=64, num_attention_heads=4,
-                               normalization="RMSNorm", gated_linear_unit=True,
-                               add_bias_linear=False, hidden_dropout=0.0, attention_dropout=0.0,
-                               use_cpu_initialization=True)
+    transformer = TransformerConfig(num_layers=2, hidden_size=64, num_attention_heads=4,
+                                    normalization="RMSNorm", gated_linear_unit=True,
+                                    add_bias_linear=False, hidden_dropout=0.0,
+                                    attention_dropout=0.0, use_cpu_initialization=True)
 
-    def model_provider(pre_process=True, post_process=True, vp_stage=None):  # Megatron-LM's shape
-        return GPTModel(config, get_gpt_layer_local_spec(normalization="RMSNorm"), 128, 64,
+    def gpt_builder(args, pre_process, post_process, vp_stage=None, config=None,
+                    pg_collection=None):  # the signature of Megatron-LM's gpt_builders.gpt_builder
+        return GPTModel(config or transformer, get_gpt_layer_local_spec(normalization="RMSNorm"), 128, 64,
                         pre_process=pre_process, post_process=post_process,
                         position_embedding_type="rope")
 
-    args = megatron_lm.add_pose_args(_megatron_like_parser()).parse_args(
-        ["--seq-length", "16", "--max-position-embeddings", "64", "--pose-target-len", "64",
-         "--rope-scaling-type", "none"])
-    stock = model_provider()
-    pose = megatron_lm.pose_model_provider(model_provider, get_args=lambda: args)()
+    args = _pose_args("--pose-target-len", "64", "--rope-scaling-type", "none", seq_length=16,
+                      max_position_embeddings=64, rotary_base=10000)
+
+    def model_provider(model_builder, pre_process=True, post_process=True, vp_stage=None,
+                       config=None, pg_collection=None):  # 0.15+: the builder comes first
+        return model_builder(args, pre_process, post_process, vp_stage, config=config,
+                             pg_collection=pg_collection)
+
+    stock = model_provider(gpt_builder)
+    # as pretrain() calls it: keywords only (0.19 adds config= and pg_collection=)
+    pose = megatron_lm.pose_model_provider(functools.partial(model_provider, gpt_builder),
+                                           get_args=lambda: args)(
+        pre_process=True, post_process=True, config=None, pg_collection=None)
     pose.load_state_dict(stock.state_dict())
     tokens = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(0))
     contiguous = torch.arange(16)[None]
@@ -109,15 +114,23 @@ def _get_batch(rank, world):
     parallel.initialize(device="cpu")
     dataset = SyntheticPoseDataset(2, 256, 16, 64, seed=2)
     batch = collate([dataset[0], dataset[1]])
-    out = megatron_lm.pose_get_batch(iter([batch]), device="cpu")
-    return [None if t is None else t.numpy() for t in out], {k: v.numpy() for k, v in batch.items()}
+    out = megatron_lm.pose_get_batch(iter([batch]), None, device="cpu")
+    keyed = megatron_lm.pose_get_batch(iter([batch]), None, keys=["position_ids", "cu_seqlens",
+                                                                   "tokens"], device="cpu")
+    as_np = lambda ts: [None if t is None else t.numpy() for t in ts]  # noqa: E731
+    return as_np(out), as_np(keyed), {k: v.numpy() for k, v in batch.items()}
 
 
 def test_pose_get_batch_has_megatron_lm_tuple_order():
-    (tokens, labels, loss_mask, attention_mask, position_ids), batch = \
-        run_distributed(_get_batch, 1)[0]
+    out, keyed, batch = run_distributed(_get_batch, 1)[0]
+    # 0.16's get_batch: six values, packed_seq_params last
+    tokens, labels, loss_mask, attention_mask, position_ids, packed_seq_params = out
     np.testing.assert_array_equal(tokens, batch["tokens"])
     np.testing.assert_array_equal(labels, batch["labels"])
     np.testing.assert_array_equal(loss_mask, batch["loss_mask"])
     np.testing.assert_array_equal(position_ids, batch["position_ids"])
-    assert attention_mask is None and position_ids.max() >= 16
+    assert attention_mask is None and packed_seq_params is None and position_ids.max() >= 16
+    # 0.19's: one value per requested key, in the caller's order
+    np.testing.assert_array_equal(keyed[0], batch["position_ids"])
+    assert keyed[1] is None
+    np.testing.assert_array_equal(keyed[2], batch["tokens"])

@@ -5,8 +5,13 @@
       latest_checkpointed_iteration.txt  "release" for converter output, else the iteration
       release/ (or iter_0000100/)
         torch_dist: Megatron-Core distributed checkpoint of {"model": sharded_state_dict,
-                    "checkpoint_version": 3.0, "iteration": N}
-        legacy:     mp_rank_XX[_YYY]/model_optim_rng.pt = {"model": state_dict, ...}
+                    "checkpoint_version": 3.0, "iteration": N, "args": Namespace}
+        legacy:     mp_rank_XX[_YYY]/model_optim_rng.pt = {"model": state_dict, "args": ..., ...}
+
+``args`` is the Megatron-LM argument namespace (``megatron_lm_args``): Megatron-LM's
+``--use-checkpoint-args`` takes the model shape from it. Reading works the other way too: a
+checkpoint saved by Megatron-LM's own ``pretrain()`` has no pose_model.json, and the model is
+described by the args in its common state (``checkpoint_model_args``).
 
 The distributed checkpoint is written from a TP=1, PP=1 model on one process: its tensors are
 stored by global shape and offsets, so any TP/PP reloads it (dist_checkpointing reshards). A
@@ -16,6 +21,7 @@ Both readers return *global* tensors (TP merged, global layer numbers), see ``we
 
 from __future__ import annotations
 
+import argparse
 import os
 import queue
 import re
@@ -27,6 +33,8 @@ import torch
 from pose_megatron import publish
 from pose_megatron.config import CONFIG_FILENAME, ModelArgs
 from pose_megatron.convert import weights
+from pose_megatron.convert.megatron_lm_args import (disagreements, megatron_lm_args,
+                                                    model_args_from_megatron_lm)
 
 TRACKER = "latest_checkpointed_iteration.txt"
 CHECKPOINT_VERSION = 3.0
@@ -133,6 +141,7 @@ def write_legacy(
 ) -> None:
     """Write ``mp_rank_*/model_optim_rng.pt`` for every rank; one pipeline stage in RAM at a time."""
     weights.check_parallel(args, tp, pp)
+    lm_args = megatron_lm_args(args, fmt="legacy", tp=tp, pp=pp)
     for pp_rank in range(pp):
         cache: Dict[str, torch.Tensor] = {}
 
@@ -150,10 +159,21 @@ def write_legacy(
             os.makedirs(rank_dir, exist_ok=True)
             target = os.path.join(rank_dir, "model_optim_rng.pt")
             torch.save({"model": state, "checkpoint_version": CHECKPOINT_VERSION,
-                        "iteration": iteration}, target + ".tmp")
+                        "iteration": iteration, "args": lm_args}, target + ".tmp")
             os.replace(target + ".tmp", target)
             del state
         cache.clear()
+
+
+def load_rank_file(path: str) -> dict:
+    """One ``model_optim_rng.pt`` of a legacy checkpoint, read with ``weights_only=True``.
+
+    Megatron-LM keeps its ``args`` Namespace (and, in training checkpoints, RNG and optimizer
+    state) in these files; importing Megatron-Core registers those classes as safe globals, as
+    Megatron-LM's own loader relies on.
+    """
+    import megatron.core  # noqa: F401
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
 
 
 class LegacyReader:
@@ -183,8 +203,7 @@ class LegacyReader:
         if self._stage != pp_rank:
             self._stage_states = []
             for tp_rank in range(self.tp):
-                blob = torch.load(self._files[(tp_rank, pp_rank)], map_location="cpu", mmap=True,
-                                  weights_only=True)
+                blob = load_rank_file(self._files[(tp_rank, pp_rank)])
                 if "model" not in blob:
                     keys = sorted(k for k in blob if k.startswith("model"))
                     raise ValueError(
@@ -367,7 +386,7 @@ def write_dist(
                 sh.dtype = sh.data.dtype
             del pieces
         state = {"model": sharded, "checkpoint_version": CHECKPOINT_VERSION,
-                 "iteration": iteration}
+                 "iteration": iteration, "args": megatron_lm_args(args, fmt="torch_dist")}
         os.makedirs(path, exist_ok=True)
         with _in_process_write_results():
             dist_checkpointing.save(state, path, sharded_strategy=_save_strategy())
@@ -469,11 +488,61 @@ class DistReader:
             self._cleanup = None
 
 
+def checkpoint_common_args(path: str, fmt: str):
+    """The ``args`` entry of an iteration directory's common state (None where there is none).
+
+    Megatron-LM stores its argparse.Namespace there; pose_megatron's own training stores a dict
+    of its flags. Read with ``weights_only=True``: Megatron-Core registers Namespace and the
+    other classes its checkpoints hold as safe globals when it is imported.
+    """
+    if fmt == "legacy":
+        names = sorted(n for n in os.listdir(path) if _RANK_DIR.match(n))
+        return load_rank_file(os.path.join(path, names[0], "model_optim_rng.pt")).get("args")
+    from megatron.core import dist_checkpointing
+
+    cleanup = _ensure_process_group()
+    try:
+        return dist_checkpointing.load_common_state_dict(path).get("args")
+    finally:
+        cleanup()
+
+
+def checkpoint_model_args(ckpt_dir: str, path: str, fmt: str) -> ModelArgs:
+    """The model a checkpoint holds: its pose_model.json, and/or the Megatron-LM args it was saved with.
+
+    Where both exist they must agree: a pose_model.json copied from another checkpoint (the
+    base model a Megatron-LM job started from, say) describes another RoPE than the one trained,
+    and exporting it would silently change the model.
+    """
+    described = (model_args_of(ckpt_dir, path)
+                 if any(os.path.isfile(os.path.join(d, CONFIG_FILENAME)) for d in (path, ckpt_dir))
+                 else None)
+    common = checkpoint_common_args(path, fmt)
+    trained = model_args_from_megatron_lm(common) if isinstance(common, argparse.Namespace) \
+        else None
+    if described is not None and trained is not None:
+        diffs = disagreements(described, trained)
+        if diffs:
+            raise ValueError(
+                f"{ckpt_dir}: its {CONFIG_FILENAME} disagrees with the Megatron-LM args "
+                f"the checkpoint was saved with ({'; '.join(diffs)}); it describes another model "
+                f"(copied from another checkpoint?): remove it to convert from the saved args")
+    if described is None and trained is None:
+        raise FileNotFoundError(
+            f"{ckpt_dir}: no {CONFIG_FILENAME} and no Megatron-LM args in the checkpoint's common "
+            f"state: cannot tell the model's shape and RoPE (checkpoints written by pose_megatron "
+            f"or saved by Megatron-LM's pretrain() carry one of them)")
+    return described or trained
+
+
 def open_checkpoint(ckpt_dir: str, iteration: Optional[int] = None):
-    """(ModelArgs, reader with .get(global_name), format) of a pose_megatron checkpoint."""
+    """(ModelArgs, reader with .get(global_name), format) of a Megatron checkpoint.
+
+    pose_megatron's own and converted checkpoints, and those of Megatron-LM's ``pretrain()``.
+    """
     path = resolve_iteration_dir(ckpt_dir, iteration)
-    args = model_args_of(ckpt_dir, path)
     fmt = checkpoint_format(path)
+    args = checkpoint_model_args(ckpt_dir, path, fmt)
     reader = DistReader(path, args) if fmt == "torch_dist" else LegacyReader(path, args)
     return args, reader, fmt
 
