@@ -10,12 +10,13 @@ does not forward them).
 ``model_provider`` built (local or Transformer Engine spec) alike: it gives the model a
 ``PoseRotaryEmbedding`` and a forward pre-hook that binds the call's ``position_ids`` to it (and a
 hook that unbinds them). Megatron's schedules call the module, so the hooks run. ``GPTModel``
-passes no position ids to its rotary module (Megatron-LM issue #453); docs/
-upstream_rope_position_ids.md describes the upstream change that would make the hooks go.
+passes no position ids to its rotary module (Megatron-LM issue #453);
+docs/upstream_rope_position_ids.md describes the upstream change that would make the hooks go.
 
 Attention scaling (YaRN, LongRoPE) is in the config's ``softmax_scale``, which attention reads when
-it is built: ``model_args_to_transformer_config`` sets it; a model built otherwise must have it
-(``enable_pose_rope`` checks).
+it is built: ``model_args_to_transformer_config`` (pose_megatron.config) sets it; a model built
+otherwise must have it (``enable_pose_rope`` checks; ``rotary.softmax_scale_for`` gives the value).
+TE's fused RoPE (``apply_rope_fusion``) serves micro-batch 1 only; larger ones are refused.
 """
 
 from __future__ import annotations
