@@ -126,3 +126,34 @@ def test_other_types_export_their_hf_forms(trained_slow):
     assert hf["yarn_pose"]["rope_type"] == "longrope"  # its exact HF form
     assert hf["ntk"]["rope_type"] == "default" and hf["ntk"]["rope_theta"] > 10000.0
     assert hf["none"]["rope_type"] == "default" and hf["none"]["rope_theta"] == 10000.0
+
+
+@pytest.mark.parametrize("kind", list(ROPE_FLAGS))
+def test_megatron_lm_helpers_ask_for_the_same_rope(kind):
+    # The Megatron-LM helpers parse the same flag set (megatron_lm.add_pose_args) and must turn
+    # it into the RoPE the training entry trains (and the test above exports). The parser holds
+    # the Megatron-LM flags of the same names, with Megatron-LM's definitions and defaults.
+    import argparse
+
+    from pose_megatron import megatron_lm
+    from pose_megatron.config import ModelArgs
+    from pose_megatron.training.arguments import parse_args, rope_scaling_from_args
+
+    target = ORIGINAL if kind == "none" else TARGET
+    flags = ["--pose-target-len", str(target), "--rope-scaling-type", kind, *ROPE_FLAGS[kind]]
+    trained = parse_args(["--mock-data", "--pose-train-len", str(TRAIN),
+                          "--max-position-embeddings", str(ORIGINAL), *flags])
+    base = ModelArgs(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
+                     num_attention_heads=4, max_position_embeddings=ORIGINAL)
+    megatron = argparse.ArgumentParser(allow_abbrev=False)
+    megatron.add_argument("--seq-length", type=int, default=None)
+    megatron.add_argument("--max-position-embeddings", type=int, default=None)
+    megatron.add_argument("--rotary-base", type=int, default=10000)
+    megatron.add_argument("--use-rope-scaling", action="store_true")
+    megatron.add_argument("--rope-scaling-factor", type=float, default=8.0)
+    megatron_lm.add_pose_args(megatron)
+    args = megatron.parse_args(["--seq-length", str(TRAIN), "--max-position-embeddings",
+                                str(ORIGINAL), *flags])
+    rope = megatron_lm.pose_settings(args)["rope"]
+    assert rope["rope_scaling"] == rope_scaling_from_args(trained, base)
+    assert rope["max_position"] >= target
