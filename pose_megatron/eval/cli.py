@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from pose_megatron.eval.models import EvalModel, load_model, parse_rope_scaling
 from pose_megatron.eval.plots import plot_curves
@@ -124,20 +124,30 @@ def lengths_marks_and_earlier(args, tool: str):
 
 def report(
     entries: List[dict], args, marks: Dict[str, int], *, tool: str, column: str,
-    cell: Callable[[dict], str], value: Callable[[dict], float], **plot_kwargs,
+    cell: Callable[[dict], str], value: Callable[[dict], Optional[float]],
+    note: Optional[Callable[[dict], Optional[str]]] = None, **plot_kwargs,
 ) -> None:
     """Print the length x model table, write the JSON results and the PNG plot.
 
-    ``cell`` formats one per-length result for the table, ``value`` gives its plotted value;
-    ``column`` names a model's column after the model name (e.g. "ppl").
+    ``cell`` formats one per-length result for the table, ``value`` gives its plotted value
+    (None: not plotted, e.g. a length marked n/a); ``note`` gives a line explaining a cell
+    (printed under the table) or None; ``column`` names a model's column after the model name
+    (e.g. "ppl").
     """
     lengths = sorted({r["length"] for e in entries for r in e["results"]})
     by_model = [{r["length"]: r for r in e["results"]} for e in entries]
     rows = [[L] + [cell(m[L]) if L in m else "-" for m in by_model] for L in lengths]
     print(format_table(["length"] + [f"{e['name']} {column}" for e in entries], rows))
+    if note is not None:
+        for e in entries:
+            for r in e["results"]:
+                text = note(r)
+                if text:
+                    print(f"{e['name']} length {r['length']}: {text}")
     write_json({"tool": tool, "models": entries}, args.output_json)
     png = plot_curves(
-        {e["name"]: [(r["length"], value(r)) for r in e["results"]] for e in entries},
+        {e["name"]: [(r["length"], value(r)) for r in e["results"] if value(r) is not None]
+         for e in entries},
         plot_path(args), vlines=marks, **plot_kwargs,
     )
     print(f"wrote {args.output_json} and {png}", file=sys.stderr)
