@@ -248,6 +248,47 @@ def make_temp_dir(out: str, kind: str = "tmp") -> str:
     return path
 
 
+# ----------------------------------------------------------------------------- temporary files
+
+
+def _host_tag() -> str:
+    import hashlib
+
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_file_prefix(path: str) -> str:
+    """``PATH.tmp-PID-HOST``: where a writer builds files it renames to ``PATH.*`` when done;
+    the name says which writer, so ``clean_stale_files`` can tell a dead one's leftovers."""
+    return f"{path}.tmp-{os.getpid()}-{_host_tag()}"
+
+
+def clean_stale_files(path: str) -> list:
+    """Remove ``PATH.tmp-PID-HOST*`` files whose writer ran on this host and is gone."""
+    directory, base = os.path.split(os.path.abspath(path))
+    removed = []
+    marker = f"{base}.tmp-"
+    for entry in os.listdir(directory or "."):
+        if not entry.startswith(marker):
+            continue
+        tag = entry[len(marker):].split(".", 1)[0]
+        pid, _, host = tag.partition("-")
+        if not pid.isdigit() or host != _host_tag():
+            continue  # not named by temp_file_prefix, or another host's
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        full = os.path.join(directory, entry)
+        if os.path.isfile(full):
+            os.unlink(full)
+            removed.append(full)
+    return removed
+
+
 # ----------------------------------------------------------------------------- publishing
 
 

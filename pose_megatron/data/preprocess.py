@@ -325,10 +325,13 @@ def preprocess(
             encoded = pool.imap(_encode_in_worker, blocks)
         from megatron.core.datasets.indexed_dataset import DType
 
+        from pose_megatron import publish
+
         dtype = DType.optimal_dtype(tokenizer.vocab_size)
         for key in json_keys:
             prefix = f"{output_prefix}_{key}_document"
-            tmp = f"{prefix}.tmp-{os.getpid()}"
+            publish.clean_stale_files(prefix)  # left by killed runs
+            tmp = publish.temp_file_prefix(prefix)
             writers[key] = DocumentWriter(tmp + ".bin", dtype)
             final[key] = (prefix, tmp)
         from tqdm import tqdm
