@@ -19,6 +19,13 @@ Everything else in the package goes through Megatron-Core's public API (``GPTMod
     setting must not reuse another run's cached index. It is the base class's designated override
     point; there is no public hook. ``dataset_key_config_attributes`` reads the base list.
 
+Not private by name, but marked ``@internal_api`` by Megatron-Core:
+
+``RotaryEmbedding.forward(max_seq_len, offset=0, packed_seq=False, cp_group=None)``
+    Overridden by ``pose_megatron.rotary.PoseRotaryEmbedding``; ``GPTModel`` calls it with the
+    sequence length only, which is why position ids are bound beforehand (Megatron-LM issue #453,
+    docs/upstream_rope_position_ids.md). Its signature is checked by the tests below.
+
 The version range below is the one these names were checked in (0.16.1 and 0.19.2 are tested:
 ``tests/test_megatron_compat.py``). Outside it, each helper fails with one clear error instead of
 patching something that may have changed meaning.

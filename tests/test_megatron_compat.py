@@ -17,6 +17,15 @@ def test_installed_megatron_core_is_supported_and_others_refused():
             megatron_compat.check_version("test", bad)
 
 
+def test_rotary_forward_signature_is_the_one_pose_rotary_overrides():
+    import inspect
+
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    params = list(inspect.signature(RotaryEmbedding.forward).parameters)
+    assert params == ["self", "max_seq_len", "offset", "packed_seq", "cp_group"]
+
+
 def test_private_names_exist_in_this_megatron_core():
     from megatron.core.tensor_parallel import random as mcore_random
 
