@@ -153,6 +153,7 @@ def test_every_rope_type_is_selectable_with_its_parameters(tmp_path):
     (["--rope-scaling-type", "linear", "--rope-scaling-factor", "0.5"],
      "--rope-scaling-factor 0.5 is below 1"),
     (["--rope-scaling-type", "mystery"], "invalid choice: 'mystery'"),
+    (["--rope-scaling-factor", "4"], "--rope-scaling-factor needs a --rope-scaling-type"),
 ])
 def test_rope_flags_that_do_not_fit_are_refused_by_name(argv, message, capsys):
     with pytest.raises(SystemExit):

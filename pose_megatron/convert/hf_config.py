@@ -64,7 +64,8 @@ def read_rope(cfg: dict, source: str = "config.json") -> Tuple[float, Optional[d
     if scaling is not None:
         kind = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
         scaling.pop("type", None)
-        scaling.pop("partial_rotary_factor", None)  # checked by args_from_hf_config
+        if float(scaling.pop("partial_rotary_factor", 1.0)) != 1.0:
+            raise ValueError(f"{source}: partial_rotary_factor != 1 is not supported")
         scaling = {"rope_type": kind, **scaling}
     window = cfg.get("max_position_embeddings")
     return theta, canonical_rope_scaling(

@@ -151,7 +151,7 @@ def check_rope_flags(args) -> None:
             if getattr(args, dest, None) is None:
                 raise ValueError(f"--rope-scaling-type longrope needs {_flag(dest)}")
     factor = getattr(args, "rope_scaling_factor", None)
-    if factor is not None and rope_type not in ("none", None) and not factor >= 1:
+    if factor is not None and not factor >= 1:
         raise ValueError(f"--rope-scaling-factor {factor} is below 1")
 
 
@@ -352,6 +352,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         _fail(parser, f"--load {args.load}: no such directory")
     args.lr_decay_iters = args.lr_decay_iters or args.train_iters
     try:
+        if args.rope_scaling_factor is not None and args.rope_scaling_type in (None, "none"):
+            raise ValueError(f"--rope-scaling-factor needs a --rope-scaling-type to scale "
+                             f"(got {args.rope_scaling_type or 'none: keep the checkpoint RoPE'})")
         check_rope_flags(args)
         for dest in ("rope_short_factor", "rope_long_factor"):
             if getattr(args, dest) is not None:
