@@ -71,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on generated tokens per answer (default: RULER's per task: NIAH "
                         "128, vt 30, cwe 120, fwe 50)")
     g.add_argument("--resume", action="store_true",
-                   help="keep the (task, length) cells this model (same --name, seed, samples) "
-                        "already has in --output-json and run only the missing ones; the file "
-                        "is rewritten after every cell")
+                   help="keep what this model (same --name and --seed) already has in "
+                        "--output-json, down to single samples of an interrupted cell, and run "
+                        "only the rest; other models in the file are kept. The file is rewritten "
+                        "after every sample")
     cli.add_output_arguments(p, "ruler")
     return p
 
@@ -89,20 +90,25 @@ def parse_tasks(values) -> list:
     return list(dict.fromkeys(names))
 
 
-def earlier_cells(path: str, name: str, seed: int, samples: int) -> dict:
-    """(task, length) -> result of model ``name`` in a previous run's JSON (for --resume)."""
+def earlier_run(path: str, name: str, seed: int):
+    """For --resume: (task, length) -> result of model ``name`` (same seed) in ``path``, and the
+    file's other model entries (kept in the rewritten file)."""
     if not os.path.isfile(path):
-        return {}
+        return {}, []
     try:
         with open(path) as f:
             data = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
         raise SystemExit(f"error: --resume: cannot read {path} ({exc})") from None
-    for entry in data.get("models", []) if data.get("tool") == TOOL else []:
-        if entry.get("name") == name and entry.get("seed") == seed:
-            return {(r["task"], r["length"]): r for r in entry["results"]
-                    if r["samples"] == samples}
-    return {}
+    if data.get("tool") != TOOL:
+        raise SystemExit(f"error: --resume: {path} is not a results file written by {TOOL}")
+    cells, others = {}, []
+    for entry in data.get("models", []):
+        if entry.get("name") != name:
+            others.append(entry)
+        elif entry.get("seed") == seed:
+            cells = {(r["task"], r["length"]): r for r in entry["results"]}
+    return cells, others
 
 
 def print_tables(entries) -> None:
@@ -160,34 +166,43 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: {exc}") from None
         builder = Builder(tok.encode, tok.decode, bos, chat=chat, haystack=haystack,
                           seed=args.seed)
-        done = earlier_cells(args.output_json, model.name, args.seed, args.samples) \
-            if args.resume else {}
+        done, others = earlier_run(args.output_json, model.name, args.seed) \
+            if args.resume else ({}, [])
         entry = cli.model_entry(model)
         entry.update(seed=args.seed, samples=args.samples, chat_template=chat is not None,
                      haystack=haystack.source if haystack else None,
                      max_new_tokens=args.max_new_tokens, results=[])
-        entries = [e for e in entries if e["name"] != model.name] + [entry]
+        names = {e["name"] for e in entries}
+        entries = [e for e in entries if e["name"] != model.name]
+        entries += [e for e in others if e["name"] not in names] + [entry]
         start = time.time()
         cells = [(L, t) for L in lengths for t in tasks]
         for n, (length, task) in enumerate(cells):
-            if (task, length) in done:
-                entry["results"].append(done[task, length])
+            earlier = done.get((task, length), {}).get("records", [])
+            if len(earlier) >= args.samples:
+                entry["results"].append({k: v for k, v in done[task, length].items()
+                                         if k != "partial"})
                 continue
+            entry["results"].append({})
+
+            def save(res, final=False):
+                # Every finished sample is on disk: an interrupted run resumes with --resume.
+                entry["results"][-1] = dict(res.to_dict(), **({} if final else {"partial": True}))
+                entry["seconds"] = round(time.time() - start, 2)
+                write_json({"tool": TOOL, "models": entries}, args.output_json)
+
             try:
                 res = evaluate_task(
                     model.greedy, builder, task, length, args.samples,
-                    max_new_tokens=args.max_new_tokens,
+                    max_new_tokens=args.max_new_tokens, done=earlier, on_record=save,
                     progress=lambda it, L=length, t=task, n=n: tqdm(
                         it, desc=f"[{n + 1}/{len(cells)}] {model.name} {t}@{L}",
                         file=sys.stderr, leave=False),
                 )
             except ValueError as exc:
                 raise SystemExit(f"error: {exc}") from None
+            save(res, final=True)
             print(f"{model.name} {task}@{length}: {res.score:.1f}", file=sys.stderr)
-            entry["results"].append(res.to_dict())
-            entry["seconds"] = round(time.time() - start, 2)
-            # Every finished cell is on disk: an interrupted run resumes with --resume.
-            write_json({"tool": TOOL, "models": entries}, args.output_json)
 
     report(entries, args, marks)
     return 0

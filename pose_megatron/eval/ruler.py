@@ -143,9 +143,10 @@ def needle_words() -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
 
 @lru_cache(maxsize=None)
 def cwe_words() -> Tuple[str, ...]:
-    """RULER's CWE vocabulary: nouns, adjectives and verbs, deduplicated and sorted."""
+    """RULER's CWE vocabulary: nouns, adjectives and verbs, deduplicated and sorted (the few
+    entries with a space are left out, so a list entry is one word)."""
     words = set(_wordlist("nounlist.txt")) | set(_wordlist("adjectivelist.txt"))
-    return tuple(sorted(words | set(_wordlist("verblist.txt"))))
+    return tuple(sorted(w for w in words | set(_wordlist("verblist.txt")) if " " not in w))
 
 
 def random_needle(kind: str, rng: np.random.Generator) -> str:

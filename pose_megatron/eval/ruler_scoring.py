@@ -66,14 +66,20 @@ def evaluate_task(
     samples: int,
     max_new_tokens: Optional[int] = None,
     progress: Optional[Callable[[Iterable], Iterable]] = None,
+    done: Sequence[dict] = (),
+    on_record: Optional[Callable[["TaskResult"], None]] = None,
 ) -> TaskResult:
     """Generate ``samples`` prompts of ``task`` at ``length`` tokens and score the model's answers;
-    ``max_new_tokens`` caps RULER's per-task generation budget."""
+    ``max_new_tokens`` caps RULER's per-task generation budget. ``done`` are the records of the
+    first samples from an interrupted run (kept, not rerun); ``on_record`` sees the result after
+    each new sample (to save progress)."""
     budget = TASKS[task].tokens_to_generate
     if max_new_tokens is not None:
         budget = min(budget, max_new_tokens)
-    steps = range(samples) if progress is None else progress(range(samples))
-    records = []
+    records = list(done)[:samples]
+    todo = range(len(records), samples)
+    steps = todo if progress is None else progress(todo)
+    result = TaskResult(task, length, records)
     for i in steps:
         s = builder.build(task, length, i)
         output = builder.decode(greedy(s.input_ids, budget))
@@ -87,4 +93,6 @@ def evaluate_task(
             "depths": [round(d, 4) for d in s.depths],
             "n_tokens": len(s.input_ids),
         })
-    return TaskResult(task, length, records)
+        if on_record is not None:
+            on_record(result)
+    return result
