@@ -381,14 +381,6 @@ def rope_scaling_from_args(args, base: ModelArgs) -> dict | None:
     return rope_scaling_from_flags(args, original=int(original), target_len=args.pose_target_len)
 
 
-def rope_scaling_dict(rope_type, factor, original: int) -> dict | None:
-    """Transitional form of ``rope_scaling_from_flags`` for type + factor only (None: plain)."""
-    if rope_type in (None, "none"):
-        return None
-    return rope_scaling_from_flags({"rope_scaling_type": rope_type, "rope_scaling_factor": factor},
-                                   original=original, target_len=int(factor * original))
-
-
 def model_args_from(args, loaded: ModelArgs | None = None) -> ModelArgs:
     """The ModelArgs of this run: a checkpoint's or --model-config's, or the size flags'."""
     import dataclasses
