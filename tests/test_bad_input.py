@@ -147,6 +147,18 @@ def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_pa
     assert sorted(os.listdir(out)) == ["new.txt"]
 
 
+def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
+    """Preprocessing's .bin/.idx temporaries: named by their writer, removed once it is gone."""
+    prefix = str(tmp_path / "corpus_text_document")
+    mine = publish.temp_file_prefix(prefix)
+    dead = mine.replace(f".tmp-{os.getpid()}-", f".tmp-{_dead_pid()}-")
+    for path in (mine + ".bin", dead + ".bin", dead + ".idx", prefix + ".tmp-7.bin"):
+        open(path, "w").close()
+    assert sorted(publish.clean_stale_files(prefix)) == [dead + ".bin", dead + ".idx"]
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        os.path.basename(p) for p in (mine + ".bin", prefix + ".tmp-7.bin"))
+
+
 def test_outputs_respect_the_umask(project, tmp_path, capsys):
     previous = os.umask(0o022)
     try:
@@ -312,6 +324,18 @@ def _training_cases(rank, world, root, converted, legacy):
     run("not a checkpoint", TRAIN + ["--train-iters", "1", "--load", f"{root}"])
     run("legacy", TRAIN + ["--train-iters", "1", "--load", legacy])
 
+    # Corpora: a good one, a truncated .bin, an .idx of another .bin, documents all too short.
+    data, tok = _make_corpora(root)
+    DATA = TRAIN + ["--train-iters", "1", "--rope-scaling-type", "linear"]
+    run("data without tokenizer", [a for a in DATA if a != "--mock-data"] + [
+        "--data-path", data["good"]])
+    run("tokenizer above vocab", [a for a in DATA if a != "--mock-data"] + [
+        "--data-path", data["good"], "--tokenizer-model", tok, "--vocab-size", "50"])
+    for name in ("truncated bin", "idx of another bin", "documents too short"):
+        run(name, [a for a in DATA if a != "--mock-data"] + [
+            "--data-path", data[name], "--tokenizer-model", tok,
+            "--data-cache-path", f"{root}/cache"])
+
     # Its first save into its own --load directory, killed after the shards are written: the
     # converter's base weights keep their own label.
     original = dist_checkpointing.save
@@ -333,6 +357,34 @@ def _training_cases(rank, world, root, converted, legacy):
                                            "linear", "--pose-target-len", "512", "--load",
                                            converted, "--save", converted])
     return results
+
+
+def _make_corpora(root):
+    """Tiny Megatron .bin/.idx corpora (written by Megatron-Core's own builder) and a
+    character-level tokenizer."""
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from tests.test_eval_fixtures import save_char_tokenizer
+
+    tok = str(save_char_tokenizer(os.path.join(root, "tok")))
+    rng = np.random.default_rng(0)
+
+    def write(prefix, lengths):
+        builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32)
+        for n in lengths:
+            builder.add_document(rng.integers(3, 90, size=n, dtype=np.int32), [n])
+        builder.finalize(prefix + ".idx")
+        return prefix
+
+    data = {"good": write(os.path.join(root, "good"), [40] * 8),
+            "truncated bin": write(os.path.join(root, "cut"), [40] * 8),
+            "idx of another bin": write(os.path.join(root, "other"), [30] * 8),
+            "documents too short": write(os.path.join(root, "short"), [5] * 8)}
+    with open(data["truncated bin"] + ".bin", "r+b") as f:
+        f.truncate(os.path.getsize(data["truncated bin"] + ".bin") // 2)
+    shutil.copy(data["good"] + ".idx", data["idx of another bin"] + ".idx")
+    return data, tok
 
 
 def test_training_resume_and_checkpoint_cases(project, tmp_path, capsys):
@@ -370,6 +422,12 @@ def test_training_resume_and_checkpoint_cases(project, tmp_path, capsys):
     refused("locked save", "--save", "is being written by another process")
     refused("not a checkpoint", "--load", "not a checkpoint")
     refused("legacy", "--load", "legacy per-rank checkpoint", "--format torch_dist")
+
+    refused("data without tokenizer", "--data-path needs --tokenizer-model")
+    refused("tokenizer above vocab", "--tokenizer-model", "model's vocabulary has 50")
+    refused("truncated bin", "cut.bin", "truncated .bin, or an .idx of another .bin")
+    refused("idx of another bin", "other.bin", "truncated .bin, or an .idx of another .bin")
+    refused("documents too short", "short.idx", "no document")
 
     # Each iteration carries the RoPE its weights were trained with; the resumed run with other
     # RoPE flags did not relabel iteration 2, and the export of iteration 2 says linear.
