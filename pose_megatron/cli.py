@@ -23,6 +23,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -74,9 +75,13 @@ def error_message(err: BaseException) -> str:
         text = err.args[0]
     else:
         text = str(err) or type(err).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:  # e.g. torch's CheckpointException carries each rank's traceback
+        text = next((line for line in reversed(lines)
+                     if re.match(r"^[\w.]+(Error|Exception): ", line)), lines[0])
     if not isinstance(err, _expected_types()):
         text = f"unexpected {type(err).__name__}: {text} (rerun with --debug for the traceback)"
-    return " ".join(text.split()) if "\n" in text else text
+    return text
 
 
 def _rank() -> int:
