@@ -134,3 +134,76 @@ def test_pose_get_batch_has_megatron_lm_tuple_order():
     np.testing.assert_array_equal(keyed[0], batch["position_ids"])
     assert keyed[1] is None
     np.testing.assert_array_equal(keyed[2], batch["tokens"])
+
+
+def _as_saved_by_pretrain(ckpt, **flags):
+    """Make a converted legacy checkpoint look as Megatron-LM's pretrain() leaves one: no
+    pose_model.json, and in the common state the job's own args (its flags) instead of ours."""
+    import glob
+    import os
+
+    import torch
+
+    from pose_megatron.convert import megatron_io
+
+    for path in glob.glob(os.path.join(ckpt, "**", "pose_model.json"), recursive=True):
+        os.remove(path)
+    for path in glob.glob(os.path.join(ckpt, "release", "mp_rank_*", "model_optim_rng.pt")):
+        blob = megatron_io.load_rank_file(path)
+        args = blob["args"]
+        vars(args).pop("pose_model", None)  # our converter adds it; a job's args do not have it
+        for name, value in flags.items():
+            setattr(args, name, value)
+        torch.save(blob, path + ".tmp")  # a new file: the loaded one is memory-mapped
+        os.replace(path + ".tmp", path)
+
+
+def test_reverse_conversion_reads_the_args_of_a_megatron_lm_job(tmp_path):
+    import json
+    import os
+    import shutil
+
+    import torch
+
+    from pose_megatron.config import ModelArgs
+    from pose_megatron.convert import hf_to_megatron, megatron_to_hf
+    from tests.test_convert_fixtures import hf_state, make_hf_model, save_hf_model
+
+    src = save_hf_model(make_hf_model("llama2"), str(tmp_path / "hf"))
+    base = tmp_path / "base"
+    hf_to_megatron(src, str(base), fmt="legacy", progress=False)
+    window = ModelArgs.load(str(base)).max_position_embeddings
+    job = tmp_path / "job"
+    shutil.copytree(base, job)
+    # a PoSE job: window -> 4x window, linear scaling, factor from the target
+    pose_flags = dict(seq_length=window, pose_train_len=None, pose_target_len=4 * window,
+                      rope_scaling_type="linear", rope_scaling_factor=None,
+                      rope_original_max_position=None)
+    _as_saved_by_pretrain(str(job), **pose_flags)
+    megatron_to_hf(str(job), str(tmp_path / "out"), progress=False)
+    config = json.load(open(tmp_path / "out" / "config.json"))
+    assert config["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
+    assert config["num_key_value_heads"] == 4 and config["vocab_size"] == 256
+    got = hf_state(str(tmp_path / "out"))
+    for name, tensor in hf_state(src).items():
+        assert torch.equal(got[name], tensor), name
+
+    # the base's pose_model.json copied beside the job's weights: plain RoPE, not what was trained
+    shutil.copy(base / "pose_model.json", job / "pose_model.json")
+    with pytest.raises(ValueError, match="disagrees with the Megatron-LM args.*rope_scaling"):
+        megatron_to_hf(str(job), str(tmp_path / "refused"), progress=False)
+    assert not os.path.exists(tmp_path / "refused")
+    os.remove(job / "pose_model.json")
+
+    # a target beyond the window with no scaling type named: cannot tell the trained RoPE
+    _as_saved_by_pretrain(str(job), rope_scaling_type=None)
+    with pytest.raises(ValueError, match="--rope-scaling-type is required"):
+        megatron_to_hf(str(job), str(tmp_path / "unknown"), progress=False)
+
+    # Megatron-LM's own LLaMA 3.1 scaling (no PoSE helpers)
+    _as_saved_by_pretrain(str(job), pose_target_len=None, use_rope_scaling=True,
+                          rope_scaling_factor=8.0)
+    megatron_to_hf(str(job), str(tmp_path / "llama3"), progress=False)
+    scaling = json.load(open(tmp_path / "llama3" / "config.json"))["rope_scaling"]
+    assert scaling["rope_type"] == "llama3" and scaling["factor"] == 8.0
+    assert scaling["original_max_position_embeddings"] == 8192

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Check the plugin against a real Megatron-LM checkout (release tag core_v0.16.1 or core_v0.19.0):
+#   bash tools/check_megatron_lm.sh MEGATRON_LM_DIR [WORK_DIR]
+# 1. copies the checkout, applies examples/megatron_lm/pretrain_gpt_core_vX.patch (git apply);
+# 2. runs PoSE iterations of the real, patched pretrain_gpt.py on the bundled corpus (window 64 ->
+#    target 512, linear RoPE scaling), saving torch_dist and legacy (torch) checkpoints;
+# 3. converts each saved checkpoint to HF with tools/convert_megatron_to_hf.py (from the args in
+#    its common state; no pose_model.json), and compares the HF logits with Megatron-LM's own load
+#    of it (load_checkpoint + the script's model_provider) at 64 and 512 tokens, within 1e-4;
+# 4. converts a tiny HF model with tools/convert_hf_to_megatron.py, loads it in Megatron-LM with
+#    --use-checkpoint-args (no model-size flags) and compares with the HF logits, within 1e-4.
+# Megatron-LM's source is read and run beside the project, never copied into it. On a machine
+# without a GPU, Megatron-LM's training loop runs with the CPU redirects of
+# tools/megatron_lm/sitecustomize.py (test scaffolding only). Environment:
+#   PYTHON   the interpreter (default: .venv for 0.16, .venv-mcore019 for 0.19)
+#   ITERS    PoSE iterations (default 4)
+# Installs into that environment what Megatron-LM's tree imports beyond the megatron-core wheel's
+# requirements (six, triton: the checkout's own megatron/ comes first on PYTHONPATH), and
+# on Python 3.11 for 0.19 a .pth that gives typing.override from typing_extensions (0.19's
+# megatron.training imports it; a .pth because its checkpoint writer is a spawned process).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+[ $# -ge 1 ] || { echo "usage: $0 MEGATRON_LM_DIR [WORK_DIR]" >&2; exit 2; }
+MLM_SRC=$(cd "$1" && pwd) || { echo "error: $1: no such directory" >&2; exit 2; }
+WORK=${2:-$(mktemp -d -t check_megatron_lm.XXXXXX)}
+ITERS=${ITERS:-4}
+[ -f "$MLM_SRC/pretrain_gpt.py" ] && [ -f "$MLM_SRC/megatron/core/package_info.py" ] ||
+  { echo "error: $MLM_SRC is not a Megatron-LM checkout (no pretrain_gpt.py)" >&2; exit 2; }
+MINOR=$(sed -n 's/^MINOR *= *\([0-9]*\).*/\1/p' "$MLM_SRC/megatron/core/package_info.py")
+case "$MINOR" in
+  16) TAG=core_v0.16.1; DEFAULT_PY=$ROOT/.venv/bin/python ;;
+  19) TAG=core_v0.19.0; DEFAULT_PY=$ROOT/.venv-mcore019/bin/python ;;
+  *) echo "error: $MLM_SRC is Megatron-LM 0.$MINOR; patches exist for core_v0.16.1 and core_v0.19.0" >&2
+     exit 2 ;;
+esac
+PY=${PYTHON:-$DEFAULT_PY}
+PATCH=$ROOT/examples/megatron_lm/pretrain_gpt_$TAG.patch
+mkdir -p "$WORK"
+echo "== $TAG: work in $WORK, python $PY"
+T0=$(date +%s)
+
+echo "== 1. copy of the checkout, patched"
+rm -rf "$WORK/mlm"
+mkdir -p "$WORK/mlm"
+tar -C "$MLM_SRC" --exclude=.git -cf - . | tar -C "$WORK/mlm" -xf -
+(cd "$WORK/mlm" && git apply --check "$PATCH" && git apply "$PATCH")
+echo "applied $(basename "$PATCH")"
+
+"$PY" -c "import six, triton" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0" six triton
+SITE=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+if ! "$PY" -c "import typing, sys; sys.exit(0 if hasattr(typing, 'override') else 1)"; then
+  echo "import typing, typing_extensions; typing.override = getattr(typing, 'override', typing_extensions.override)" \
+    > "$SITE/pose_megatron_typing_override.pth"
+  echo "added $SITE/pose_megatron_typing_override.pth (typing.override for Python < 3.12)"
+fi
+
+if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  DEVICE=gpu
+else
+  DEVICE=cpu
+fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# The environment of the Megatron-LM processes only (the converters and the HF side run plain):
+# the patched checkout and the redirects on the path, torch.distributed's env:// rendezvous of a
+# one-process job.
+DIST_ENV=(PYTHONPATH="$ROOT/tools/megatron_lm:$WORK/mlm:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+          POSE_MEGATRON_LM_CPU=$([ "$DEVICE" = cpu ] && echo 1 || echo 0)
+          CUDA_DEVICE_MAX_CONNECTIONS=1 MASTER_ADDR=127.0.0.1 RANK=0 LOCAL_RANK=0 WORLD_SIZE=1)
+echo "device: $DEVICE"
+
+echo "== 2. bundled corpus"
+[ -f "$WORK/data/corpus_text_document.idx" ] || "$PY" -m pose_megatron.data.corpus --out "$WORK/data"
+DATA=$WORK/data/corpus_text_document
+TOK=$WORK/data/tokenizer.model
+
+free_port() { "$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
+# Megatron-LM flags of a tiny LLaMA-shaped model (GQA, RMSNorm, SwiGLU, untied), local spec.
+MODEL=(--num-layers 2 --hidden-size 64 --ffn-hidden-size 128 --num-attention-heads 4
+       --group-query-attention --num-query-groups 2 --seq-length 64 --max-position-embeddings 64
+       --position-embedding-type rope --rotary-base 10000 --normalization RMSNorm
+       --norm-epsilon 1e-5 --swiglu --disable-bias-linear --untie-embeddings-and-output-weights
+       --attention-dropout 0 --hidden-dropout 0)
+RUN=(--tokenizer-type NullTokenizer --vocab-size 2000 --make-vocab-size-divisible-by 1
+     --micro-batch-size 2 --global-batch-size 2 --transformer-impl local
+     --no-masked-softmax-fusion --no-bias-swiglu-fusion --no-rope-fusion
+     --no-gradient-accumulation-fusion --no-persist-layer-norm --distributed-backend gloo
+     --use-cpu-initialization --seed 1234)
+[ "$DEVICE" = cpu ] && RUN+=(--clip-grad 0)  # Megatron-LM's clipping asserts CUDA tensors
+POSE=(--pose-target-len 512 --rope-scaling-type linear)
+
+declare -A SECONDS_OF
+for FMT in torch_dist torch; do
+  echo "== 3. PoSE training with the patched pretrain_gpt.py: $ITERS iterations, --ckpt-format $FMT"
+  SAVE=$WORK/pretrain_$FMT
+  rm -rf "$SAVE" "$WORK/hf_$FMT"
+  t=$(date +%s)
+  env "${DIST_ENV[@]}" MASTER_PORT=$(free_port) "$PY" "$WORK/mlm/pretrain_gpt.py" "${MODEL[@]}" "${RUN[@]}" "${POSE[@]}" \
+    --data-path "$DATA" --split 100,0,0 --train-iters "$ITERS" --lr 1e-3 --lr-decay-style constant \
+    --eval-iters 0 --eval-interval 100000 --log-interval 1 --save "$SAVE" --save-interval "$ITERS" \
+    --ckpt-format "$FMT" > "$WORK/pretrain_$FMT.log" 2>&1 ||
+    { tail -30 "$WORK/pretrain_$FMT.log"; echo "error: pretrain_gpt.py failed" >&2; exit 1; }
+  grep -E "iteration +[0-9]+/ +$ITERS \|" "$WORK/pretrain_$FMT.log" | sed 's/^.*\(iteration \)/\1/' | cut -c1-200
+  [ -f "$SAVE/latest_checkpointed_iteration.txt" ] ||
+    { echo "error: pretrain_gpt.py saved no checkpoint (log: $WORK/pretrain_$FMT.log)" >&2; exit 1; }
+  SECONDS_OF[train_$FMT]=$(( $(date +%s) - t ))
+  echo "trained $ITERS iterations in ${SECONDS_OF[train_$FMT]} s; checkpoint $SAVE ($(cat "$SAVE/latest_checkpointed_iteration.txt"))"
+  [ ! -e "$SAVE/pose_model.json" ] || { echo "error: $SAVE has a pose_model.json" >&2; exit 1; }
+
+  echo "== 4. $FMT checkpoint -> HF (tools/convert_megatron_to_hf.py, from the saved args)"
+  "$PY" "$ROOT/tools/convert_megatron_to_hf.py" --megatron-dir "$SAVE" --out "$WORK/hf_$FMT" \
+    --tokenizer "$TOK" --no-progress
+  "$PY" -c "import json,sys; c=json.load(open(sys.argv[1])); print('config.json rope:', c.get('rope_scaling'), 'theta', c.get('rope_theta'))" \
+    "$WORK/hf_$FMT/config.json"
+
+  echo "== 5. Megatron-LM's own load of it (load_checkpoint + pose_model_provider) vs HF"
+  env "${DIST_ENV[@]}" MASTER_PORT=$(free_port) "$PY" "$ROOT/tools/megatron_lm/mlm_logits.py" --pose \
+    --out "$WORK/mlm_$FMT.pt" --lengths 64 512 -- "${MODEL[@]}" "${RUN[@]}" "${POSE[@]}" \
+    --load "$SAVE" --ckpt-format "$FMT" --no-load-optim --no-load-rng > "$WORK/mlm_$FMT.log" 2>&1 ||
+    { tail -30 "$WORK/mlm_$FMT.log"; echo "error: Megatron-LM could not load $SAVE" >&2; exit 1; }
+  "$PY" "$ROOT/tools/megatron_lm/compare_logits.py" --hf "$WORK/hf_$FMT" \
+    --megatron "$WORK/mlm_$FMT.pt" --tol 1e-4 --label "pretrain() $FMT checkpoint: "
+done
+
+echo "== 6. tiny HF model -> Megatron (tools/convert_hf_to_megatron.py) -> Megatron-LM --use-checkpoint-args"
+rm -rf "$WORK/hf_tiny" "$WORK/converted"
+"$PY" "$ROOT/tools/make_tiny_llama.py" --out "$WORK/hf_tiny" --tokenizer-model "$TOK"
+"$PY" "$ROOT/tools/convert_hf_to_megatron.py" --hf-dir "$WORK/hf_tiny" --out "$WORK/converted" \
+  --no-progress
+EPS=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['rms_norm_eps'])" "$WORK/hf_tiny/config.json")
+# No model-size flags: the shape comes from the checkpoint's args. --norm-epsilon is not among
+# the fields Megatron-LM takes from a checkpoint, so it is passed.
+env "${DIST_ENV[@]}" MASTER_PORT=$(free_port) "$PY" "$ROOT/tools/megatron_lm/mlm_logits.py" --out "$WORK/mlm_converted.pt" \
+  --lengths 64 512 -- --use-checkpoint-args --load "$WORK/converted" --norm-epsilon "$EPS" \
+  --tokenizer-type NullTokenizer --vocab-size 2000 --micro-batch-size 1 --transformer-impl local \
+  --no-masked-softmax-fusion --no-bias-swiglu-fusion --no-rope-fusion \
+  --no-gradient-accumulation-fusion --no-persist-layer-norm --distributed-backend gloo \
+  --use-cpu-initialization --no-load-optim --no-load-rng > "$WORK/mlm_converted.log" 2>&1 ||
+  { tail -30 "$WORK/mlm_converted.log"; echo "error: Megatron-LM could not load the converted checkpoint" >&2; exit 1; }
+grep -E "Setting (num_layers|hidden_size|num_query_groups|padded_vocab_size) to" "$WORK/mlm_converted.log" | sort -u || true
+"$PY" "$ROOT/tools/megatron_lm/compare_logits.py" --hf "$WORK/hf_tiny" \
+  --megatron "$WORK/mlm_converted.pt" --tol 1e-4 --label "converted, --use-checkpoint-args: "
+echo "== $TAG: all checks passed on $DEVICE in $(( $(date +%s) - T0 )) s (training: torch_dist ${SECONDS_OF[train_torch_dist]} s, torch ${SECONDS_OF[train_torch]} s, $ITERS iterations each)"
