@@ -59,7 +59,8 @@ NIAH_TEMPLATE = (
     "memorize it. I will quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all "
     "the special magic {type_needle_v} for {query} mentioned in the provided text?"
 )
-NIAH_ANSWER_PREFIX = " The special magic {type_needle_v} for {query} mentioned in the provided text are"
+NIAH_ANSWER_PREFIX = (" The special magic {type_needle_v} for {query} mentioned in the provided "
+                      "text are")
 NIAH_NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
 VT_TEMPLATE = (
     "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
@@ -389,7 +390,8 @@ class Builder:
         asked = rng.choice(len(keys), p["num_needle_q"], replace=False).tolist()
         queries = [keys[i] for i in asked]
         answers = [v for i in asked for v in values[i]]
-        query = (", ".join(queries[:-1]) + ", and " + queries[-1]) if len(queries) > 1 else queries[0]
+        query = queries[0] if len(queries) == 1 else \
+            ", ".join(queries[:-1]) + ", and " + queries[-1]
         template, prefix, shown_v = NIAH_TEMPLATE, NIAH_ANSWER_PREFIX, type_v
         if p["num_needle_q"] * p["num_needle_v"] == 1:  # RULER's singular wording
             template, prefix = (t.replace("Some", "A").replace("are all", "is")
@@ -482,9 +484,9 @@ class Builder:
         ex_words = pool[:ex_n]
         pool = pool[ex_n:]
         ex_list = _cwe_list(ex_words, num_cw, ex_cr, ex_ur, rng)
-        example = (CWE_TEMPLATE.format(context=" ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_list)))
-                   + CWE_ANSWER_PREFIX + " "
-                   + " ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_words[:num_cw])))
+        numbered = lambda ws: " ".join(f"{i + 1}. {w}" for i, w in enumerate(ws))  # noqa: E731
+        example = (CWE_TEMPLATE.format(context=numbered(ex_list)) + CWE_ANSWER_PREFIX + " "
+                   + numbered(ex_words[:num_cw]))
         frame = make_frame(CWE_TEMPLATE, CWE_ANSWER_PREFIX, self.chat, self.bos_id,
                            preamble=example + "\n", head_end="\n")
         budget = frame.budget(self.enc, length)
@@ -548,7 +550,8 @@ class Builder:
         words = [w for w, c in zip(vocab, counts(n)) for _ in range(int(c))]
         rng.shuffle(words)
         context = [self.enc(" " + w) for w in words]
-        context += fill_haystack(self.enc, _repeat("..."), " ", budget - sum(len(c) for c in context))
+        used = sum(len(c) for c in context)
+        context += fill_haystack(self.enc, _repeat("..."), " ", budget - used)
         return self._sample(spec, length, index, frame, context, vocab[1:4],
                             info={"words": n})
 
