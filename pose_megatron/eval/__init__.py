@@ -1,7 +1,10 @@
-"""Evaluation of extended context windows: passkey retrieval and sliding-window perplexity.
+"""Evaluation of extended context windows: passkey retrieval, sliding-window perplexity and a
+RULER-style synthetic suite.
 
-``passkey`` and ``perplexity`` hold the protocols as plain functions over token ids and a
-``logits``/``greedy`` callable; ``models`` adapts a HF directory or a pose_megatron checkpoint to
-that interface; ``documents`` reads evaluation text; ``plots`` and ``report`` write the outputs.
-The command-line entries are ``tools/eval_passkey.py`` and ``tools/eval_ppl.py``.
+``passkey``, ``perplexity`` and ``ruler`` (generation) / ``ruler_scoring`` hold the protocols as
+plain functions over token ids and a ``logits``/``greedy`` callable; ``prompting`` has the
+prompt-sizing pieces they share; ``models`` adapts a HF directory or a pose_megatron checkpoint
+to that interface; ``documents`` reads evaluation text; ``plots`` and ``report`` write the
+outputs. The command-line entries are ``tools/eval_passkey.py``, ``tools/eval_ppl.py`` and
+``tools/eval_ruler.py``.
 """
