@@ -381,3 +381,25 @@ def test_tool_errors_name_the_flag(tiny_hf_dir, tmp_path):  # noqa: F811
         tool.main(base + ["--tasks", "niah_single_2", "--haystack", str(tmp_path / "nope")])
     with pytest.raises(SystemExit, match="no chat template"):
         tool.main(base + ["--tasks", "vt", "--chat-template", "on"])
+
+
+def test_hf_chat_template_frames_the_prompt(tmp_path):
+    from transformers import AutoTokenizer
+
+    from pose_megatron.eval.models import load_tokenizer
+    from tests.test_eval_fixtures import save_char_tokenizer
+
+    save_char_tokenizer(tmp_path)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path))
+    hf.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n"
+                        "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    hf.save_pretrained(str(tmp_path))
+    tok = load_tokenizer(str(tmp_path))
+    frame = chat_frame(tok.render_chat, "auto")
+    assert (frame.before, frame.after) == ("<user>", "\n<assistant>")
+    assert chat_frame(tok.render_chat, "off") is None
+    s = Builder(tok.encode, tok.decode, None, chat=frame).build("fwe", 1500, 0)
+    assert len(s.input_ids) == 1500
+    assert s.text.startswith("<user>Read the following coded text")
+    assert s.text.endswith("coded text?\n<assistant> Answer: According to the coded text above, "
+                           "the three most frequently appeared words are:")
