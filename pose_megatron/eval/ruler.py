@@ -133,7 +133,12 @@ TASKS: Dict[str, TaskSpec] = {t.name: t for t in [
 @lru_cache(maxsize=None)
 def _wordlist(name: str) -> Tuple[str, ...]:
     # wonderwords' lists are RULER's source of key words and CWE words.
-    text = resources.files("wonderwords.assets").joinpath(name).read_text(encoding="utf-8")
+    try:
+        assets = resources.files("wonderwords.assets")
+    except ModuleNotFoundError:
+        raise ValueError("RULER's word lists come from the wonderwords package: "
+                         "pip install wonderwords") from None
+    text = assets.joinpath(name).read_text(encoding="utf-8")
     return tuple(w.strip() for w in text.splitlines() if w.strip())
 
 
