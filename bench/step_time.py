@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue as queue_module
+import shlex
 import statistics
 import sys
 
@@ -26,31 +28,53 @@ def _measure(queue, argv, steps_timed):
     from pose_megatron.training.arguments import parse_args
     from pose_megatron.training.loop import setup, train
 
+    import torch
+
     args = parse_args(argv)
-    trainer = setup(args)
-    before = logging_utils.peak_memory_gib(trainer.device)
-    history = train(trainer)
+    try:
+        trainer = setup(args)
+        before = logging_utils.peak_memory_gib(trainer.device)
+        history = train(trainer)
+    except torch.OutOfMemoryError:
+        queue.put({"oom": True})
+        return
     times = [h["step_time_s"] for h in history[-steps_timed:]]
     queue.put({"step_s": statistics.median(times),
                "peak_gib": logging_utils.peak_memory_gib(trainer.device),
                "setup_gib": before, "tokens": history[-1]["tokens"]})
 
 
-def run_config(mode, train_len, target_len, a) -> dict:
-    seq = train_len if mode == "pose" else target_len
+def training_argv(seq_len: int, train_len: int, target_len: int, a) -> list:
+    """pose_megatron.train flags of a tiny LLaMA on mock data training ``seq_len`` tokens whose
+    positions reach ``target_len`` (RoPE window ``train_len``, linear scaling beyond it); ``a``
+    carries device, layers, hidden, heads, vocab, micro_batch, warmup, steps and train_flags
+    (more flags, appended as they are)."""
     argv = ["--mock-data", "--device", a.device, "--num-layers", str(a.layers),
-            "--hidden-size", str(a.hidden), "--num-attention-heads", "4", "--vocab-size",
-            str(a.vocab), "--pose-train-len", str(seq), "--pose-target-len", str(target_len),
-            "--max-position-embeddings", str(train_len), "--micro-batch-size", "1",
-            "--train-iters", str(a.warmup + a.steps), "--log-interval", "1000000"]
+            "--hidden-size", str(a.hidden), "--num-attention-heads", str(a.heads),
+            "--vocab-size", str(a.vocab), "--pose-train-len", str(seq_len),
+            "--pose-target-len", str(target_len), "--max-position-embeddings", str(train_len),
+            "--micro-batch-size", str(a.micro_batch), "--train-iters", str(a.warmup + a.steps),
+            "--log-interval", "1000000"]
     if target_len > train_len:
         argv += ["--rope-scaling-type", "linear",
                  "--rope-scaling-factor", str(target_len / train_len)]
+    return argv + shlex.split(getattr(a, "train_flags", "") or "")
+
+
+def run_config(mode, train_len, target_len, a) -> dict:
+    seq = train_len if mode == "pose" else target_len
+    argv = training_argv(seq, train_len, target_len, a)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_measure, args=(queue, argv, a.steps))
     proc.start()
-    result = queue.get()
+    result = None
+    while result is None:
+        try:
+            result = queue.get(timeout=1.0)
+        except queue_module.Empty:
+            if not proc.is_alive():  # killed (host OOM) or crashed without a result
+                result = {"oom": True, "exitcode": proc.exitcode}
     proc.join()
     return result
 
@@ -64,38 +88,53 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=2, help="transformer layers")
     p.add_argument("--hidden", type=int, default=128, help="hidden size")
     p.add_argument("--vocab", type=int, default=1024, help="vocabulary size")
+    p.add_argument("--heads", type=int, default=4, help="attention heads")
+    p.add_argument("--micro-batch", type=int, default=1, help="micro-batch size")
     p.add_argument("--steps", type=int, default=5, help="timed steps per configuration (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed first steps")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run")
+    p.add_argument("--train-flags", default="",
+                   help="more pose_megatron.train flags for every configuration, e.g. "
+                   "'--bf16 --num-query-groups 4 --ffn-hidden-size 5632'")
     a = p.parse_args(argv)
 
     from tqdm import tqdm
 
     configs = [(m, t) for t in a.targets for m in ("pose", "full")]
-    results = {}
+    results, full_oom = {}, False
     for mode, target in tqdm(configs, desc="configs", file=sys.stderr):
+        if mode == "full" and full_oom:  # longer still will not fit either
+            results[mode, target] = {"oom": True}
+            continue
         results[mode, target] = run_config(mode, a.train_len, target, a)
+        full_oom = full_oom or (mode == "full" and results[mode, target].get("oom", False))
 
-    base_pose, base_full = results["pose", a.targets[0]], results["full", a.targets[0]]
-    print(f"tiny LLaMA ({a.layers} layers, hidden {a.hidden}) on {a.device}; PoSE trains "
+    base = {m: results[m, a.targets[0]] for m in ("pose", "full")}
+    print(f"LLaMA ({a.layers} layers, hidden {a.hidden}) on {a.device}; PoSE trains "
           f"{a.train_len} tokens; full-length trains the target; median of {a.steps} steps")
-    print("peak GiB: the process's peak (RSS on CPU); +act: its rise over the set-up peak "
-          "(activations, logits, optimizer state)")
+    print("peak GiB: the process's peak (RSS on CPU, CUDA allocator on GPU); +act: its rise over "
+          "the set-up peak (activations, logits, optimizer state); OOM: out of memory")
+
+    def cells(r, mode):
+        if r.get("oom") or base[mode].get("oom"):
+            return f"{'OOM' if r.get('oom') else r['step_s'] * 1e3:>8} {'':>5} {'':>8} {'':>6}"
+        return (f"{r['step_s'] * 1e3:>8.1f} {r['step_s'] / base[mode]['step_s']:>5.2f} "
+                f"{r['peak_gib']:>8.3f} {r['peak_gib'] - r['setup_gib']:>6.3f}")
+
     print(f"{'target':>7} | {'PoSE ms':>8} {'x':>5} {'peak GiB':>8} {'+act':>6} | {'full ms':>8} "
-          f"{'x':>6} {'peak GiB':>8} {'+act':>6} | full/PoSE time")
+          f"{'x':>5} {'peak GiB':>8} {'+act':>6} | full/PoSE time")
     for target in a.targets:
         pose, full = results["pose", target], results["full", target]
-        print(f"{target:>7} | {pose['step_s'] * 1e3:>8.1f} {pose['step_s'] / base_pose['step_s']:>5.2f}"
-              f" {pose['peak_gib']:>8.3f} {pose['peak_gib'] - pose['setup_gib']:>6.3f} | "
-              f"{full['step_s'] * 1e3:>8.1f} {full['step_s'] / base_full['step_s']:>6.2f} "
-              f"{full['peak_gib']:>8.3f} {full['peak_gib'] - full['setup_gib']:>6.3f} | "
-              f"{full['step_s'] / pose['step_s']:.2f}")
+        ratio = ("-" if pose.get("oom") or full.get("oom")
+                 else f"{full['step_s'] / pose['step_s']:.2f}")
+        print(f"{target:>7} | {cells(pose, 'pose')} | {cells(full, 'full')} | {ratio}")
     last = a.targets[-1]
-    print(f"at target {last}: PoSE time x{results['pose', last]['step_s'] / base_pose['step_s']:.2f}"
-          f" and peak memory x{results['pose', last]['peak_gib'] / base_pose['peak_gib']:.2f} of "
-          f"target {a.targets[0]}; full-length time "
-          f"x{results['full', last]['step_s'] / base_full['step_s']:.2f} and peak memory "
-          f"x{results['full', last]['peak_gib'] / base_full['peak_gib']:.2f}")
+    for mode in ("pose", "full"):
+        r = results[mode, last]
+        if not (r.get("oom") or base[mode].get("oom")):
+            print(f"at target {last}: {mode} time x{r['step_s'] / base[mode]['step_s']:.2f} and "
+                  f"peak memory x{r['peak_gib'] / base[mode]['peak_gib']:.2f} of target "
+                  f"{a.targets[0]}")
     return 0
 
 
