@@ -24,7 +24,7 @@
 # 4. the trained model exported to HF (the eval tools run HF's SDPA attention, whose memory at 16k
 #    a CPU can hold);
 # 5. for each length (ascending) and each model: perplexity of the held-out document's first L
-#    tokens (one window, every token scored: CPU-sized; the paper's sliding protocol needs
+#    tokens (one window of L: BOS + L-1 tokens, every token scored: CPU-sized; the paper's sliding protocol needs
 #    ~L/1024 windows per length) and passkey retrieval (PK_TRIALS trials); then one table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -142,7 +142,7 @@ for L in $LENGTHS; do
     read -r name dir rope <<<"$m"
     [ -f "$OUT/results/ppl_${name}_$L.json" ] || nice -n 10 $PY tools/eval_ppl.py --model "$dir" \
       --name "$name" --rope-scaling "$rope" --data "$OUT/data/heldout.jsonl" --lengths "$L" \
-      --stride "$L" --num-docs 1 --min-doc-tokens "$L" --max-doc-tokens "$L" --device cpu \
+      --stride "$L" --num-docs 1 --min-doc-tokens "$L" --max-doc-tokens "$((L - 1))" --device cpu \
       --output-json "$OUT/results/ppl_${name}_$L.json"
     [ -f "$OUT/results/passkey_${name}_$L.json" ] || nice -n 10 $PY tools/eval_passkey.py \
       --model "$dir" --name "$name" --rope-scaling "$rope" --lengths "$L" --trials "$PK_TRIALS" \

@@ -277,9 +277,10 @@ def test_export_round_trip(hf_dir, trained, tmp_path):
     assert not [m for m in messages if "rope" in m.lower() or "factor" in m.lower()], messages
 
     # transformers computes the trained RoPE: its inverse frequencies and attention factor are
-    # the plugin's, and so are cos/sin at PoSE positions up to the target. Angles are formed in
-    # float32 by both (position x inv_freq), so the oracle's are too: a float64 angle differs by
-    # up to 2e-3 rad at position 32767 from either, which is rounding, not RoPE.
+    # the plugin's (relative 1e-6), and its cos/sin at PoSE positions up to the target are
+    # attention x cos/sin(position x those frequencies) in the rotate-half layout. (The angle is
+    # formed from HF's float32 frequencies: two float32 implementations of the same frequency
+    # differ by an ulp, ~2e-3 rad at position 32767, which is rounding, not RoPE.)
     inv_freq, attention = compute_inv_freq(
         args.head_dim, args.rope_theta, args.rope_scaling,
         max_position_embeddings=args.max_position_embeddings, dtype=torch.float64)
@@ -287,10 +288,9 @@ def test_export_round_trip(hf_dir, trained, tmp_path):
     rel = ((rotary.inv_freq.double() - inv_freq).abs() / inv_freq).max().item()
     assert rel <= 1e-6, rel
     assert abs(rotary.attention_scaling - attention) <= 1e-6
-    pos = torch.tensor([[0, 1, 4095, 8191, 8192, 20000, 32767]])
-    angles = pos[0, :, None].float() * inv_freq.float()[None, :]
-    emb = torch.cat([angles, angles], -1)
-    x = torch.zeros(1, pos.shape[1], args.hidden_size)
-    cos, sin = rotary(x, pos)
-    assert (cos[0] - emb.cos() * attention).abs().max().item() <= 1e-4
-    assert (sin[0] - emb.sin() * attention).abs().max().item() <= 1e-4
+    pos = torch.tensor([[0, 1, 100, 2047, 4095, 8191, 8192, 20000, 32767]])
+    angles = pos[0, :, None].float() * rotary.inv_freq.float()[None, :]
+    emb = torch.cat([angles, angles], -1).double()
+    cos, sin = rotary(torch.zeros(1, pos.shape[1], args.hidden_size), pos)
+    assert (cos[0].double() - emb.cos() * attention).abs().max().item() <= 1e-4
+    assert (sin[0].double() - emb.sin() * attention).abs().max().item() <= 1e-4
