@@ -255,22 +255,6 @@ def test_tokenizer_files_travel_both_ways(hf_dir, tmp_path):
         assert open(tmp_path / "back" / name).read() == open(os.path.join(src, name)).read()
 
 
-def test_torch_dist_save_collects_results_in_process_and_restores_the_queue(hf_dir, tmp_path):
-    # The converter's synchronous save swaps Megatron-Core's Manager-backed results queue for an
-    # in-process one; a training job saving asynchronously later in the same process must find
-    # the module as it was, and the save must not have started a Manager process.
-    import multiprocessing
-
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    before = filesystem_async._results_queue
-    children = {p.pid for p in multiprocessing.active_children()}
-    hf_to_megatron(hf_dir, str(tmp_path / "mg"), progress=False)
-    assert filesystem_async._results_queue is before
-    assert not [p.name for p in multiprocessing.active_children() if p.pid not in children]
-    assert os.path.exists(tmp_path / "mg" / "release" / "metadata.json")
-
-
 @pytest.mark.parametrize("reserve", [1 << 20, 64])
 def test_hf_writer_shards_are_read_back_by_safetensors(tmp_path, reserve):
     # The reverse converter streams tensors into shards from a background thread and writes each

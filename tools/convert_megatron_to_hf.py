@@ -78,7 +78,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    from pose_megatron.convert.api import exit_without_teardown
-
-    exit_without_teardown(code)
+    sys.exit(main())

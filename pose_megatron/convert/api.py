@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from typing import Optional
 
 
@@ -164,18 +163,3 @@ def megatron_to_hf(
             hf_io.copy_tokenizer(tok_src, tmp)
     bar.close()
     return args
-
-
-def exit_without_teardown(code: int) -> None:
-    """End a converter's process without the interpreter's teardown.
-
-    By now everything the converter wrote is synced and renamed into place. What is left is
-    torch's teardown, ~0.7 s here (joining its thread pools), which a finished converter does not
-    need. Exit handlers still run and the standard streams are flushed.
-    """
-    import atexit
-
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

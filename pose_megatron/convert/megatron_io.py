@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import re
-from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -297,32 +295,6 @@ def _save_strategy():
         return None
 
 
-@contextmanager
-def _in_process_write_results():
-    """Collect the torch_dist writer's results in this process during a synchronous save.
-
-    Megatron-Core's writer hands its results over through a queue served by a spawned
-    multiprocessing Manager, built for saves that run in a background process. A converter saves
-    synchronously, so the Manager only costs time: its start-up and the torch import it needs to
-    unpickle the results took ~3 s of a 6 s save (measured at 0.6 GB). An in-process queue does
-    the same job. The queue is a private module global of Megatron-Core (unchanged through
-    0.16-0.19); where it is absent the writer runs as shipped.
-    """
-    try:
-        from megatron.core.dist_checkpointing.strategies import filesystem_async
-    except ImportError:
-        filesystem_async = None
-    if not hasattr(filesystem_async, "_results_queue"):
-        yield
-        return
-    previous = filesystem_async._results_queue
-    filesystem_async._results_queue = queue.Queue()
-    try:
-        yield
-    finally:
-        filesystem_async._results_queue = previous
-
-
 def write_dist(
     path: str, args: ModelArgs, get_pieces: Callable[[str], List[torch.Tensor]],
     dtype: torch.dtype, *, iteration: int = 0, progress=None,
@@ -388,8 +360,7 @@ def write_dist(
         state = {"model": sharded, "checkpoint_version": CHECKPOINT_VERSION,
                  "iteration": iteration, "args": megatron_lm_args(args, fmt="torch_dist")}
         os.makedirs(path, exist_ok=True)
-        with _in_process_write_results():
-            dist_checkpointing.save(state, path, sharded_strategy=_save_strategy())
+        dist_checkpointing.save(state, path, sharded_strategy=_save_strategy())
         del model, params, sharded, state, views
     finally:
         cleanup()
