@@ -102,6 +102,7 @@ def pose_settings(args) -> dict:
         "scheme": pose_arg(args, "pose_scheme", "reference"),
         "content_offset": pose_arg(args, "pose_content_offset", "random"),
         "short_docs": pose_arg(args, "pose_short_docs", "skip"),
+        "max_doc_len": pose_arg(args, "pose_max_doc_len", None),
         "rope": {"rope_theta": float(pose_arg(args, "rotary_base", 10000)),
                  "rope_scaling": scaling, "max_position": max_position,
                  "max_position_embeddings": original},
@@ -144,7 +145,8 @@ def dataset_config(args, tokenizer):
         target_len=s["target_len"], blend=get_blend_from_list(pose_arg(args, "data_path")),
         split=pose_arg(args, "split", "100,0,0"), tokenizer=tokenizer,
         path_to_cache=pose_arg(args, "data_cache_path", None), num_chunks=s["num_chunks"],
-        scheme=s["scheme"], content_offset=s["content_offset"], short_docs=s["short_docs"])
+        scheme=s["scheme"], content_offset=s["content_offset"], short_docs=s["short_docs"],
+        max_doc_len=s["max_doc_len"])
 
 
 def pose_datasets_provider(train_val_test_num_samples, vp_stage=None, *, get_args=None,

@@ -9,7 +9,7 @@ is below ``target_len`` and positions are contiguous inside a chunk.
 Schemes:
   reference  ``train_preprocess_function_pose`` of the PoSE authors' ``src/train_pose.py``
              (the default), for a document of ``len`` tokens truncated to ``max_doc_len``
-             (default ``target_len``), with ``c = min(len, train_len)`` sample tokens: two chunks,
+             (default ``5 * train_len``, as that code), with ``c = min(len, train_len)`` sample tokens: two chunks,
              ``l_0 ~ U{1..floor((c+1)/2)}``, ``l_1 = c - l_0``; chunk 0 is ``x[0:l_0]`` at
              positions ``0..l_0-1`` (BOS stays at 0); chunk 1 is ``x[e-l_1:e]`` with
              ``e ~ U{c..len}`` (``content_offset="random"``) at positions shifted by
@@ -48,6 +48,11 @@ except ImportError:  # pragma: no cover - extension not built
     _native = None
 
 SCHEMES = ("reference", "uniform", "full", "randpos")
+# The authors' ``train_preprocess_function_pose`` tokenizes with ``max_length =
+# model_max_position_embeddings * 5``: a document is cut to 5 training windows before chunk 1's
+# content end is drawn. The authors answered (their pull request #13, closed unmerged) that this
+# bound is deliberate, a cheaper stand-in for the target length.
+REFERENCE_DOC_WINDOWS = 5
 CONTENT_OFFSETS = ("random", "zero", "equal_u")
 
 # Independent random streams: one per kind of draw and per chunk.
@@ -170,6 +175,15 @@ def validate(
         _check_int("max_doc_len", max_doc_len, train_len)
 
 
+def default_max_doc_len(train_len: int, target_len: int, scheme: str) -> int:
+    """Where a document is cut before a sample is drawn from it, unless ``max_doc_len`` says.
+
+    The reference scheme cuts at ``REFERENCE_DOC_WINDOWS * train_len`` as the authors' code does;
+    the other schemes at ``target_len`` (content beyond it could not be placed at its distance).
+    """
+    return REFERENCE_DOC_WINDOWS * train_len if scheme == "reference" else target_len
+
+
 # ----------------------------------------------------------------------------------------------
 # Generation
 
@@ -228,7 +242,7 @@ def _monotone_draws(seed, stream, idx, num_chunks, upper) -> np.ndarray:
     return out
 
 
-def _validate_batch(train_len, target_len, indices, doc_lens, max_doc_len):
+def _validate_batch(train_len, target_len, indices, doc_lens, max_doc_len, scheme):
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     if idx.size and idx.min() < 0:
         raise ValueError("sample indices must be >= 0")
@@ -244,7 +258,9 @@ def _validate_batch(train_len, target_len, indices, doc_lens, max_doc_len):
                 f"document of sample {int(idx[bad])} has {int(doc[bad])} tokens < train_len "
                 f"{train_len}; use pose_position_ids() for short documents"
             )
-    return idx, np.minimum(doc, target_len if max_doc_len is None else max_doc_len)
+    if max_doc_len is None:
+        max_doc_len = default_max_doc_len(train_len, target_len, scheme)
+    return idx, np.minimum(doc, max_doc_len)
 
 
 def _chunk_tables(train_len, target_len, idx, doc, num_chunks, scheme, content_offset, seed):
@@ -284,13 +300,13 @@ def pose_position_ids_batch(
 
     ``doc_lens[b]`` is the length of sample b's document (default: exactly ``train_len``, i.e.
     contiguous content); documents are truncated to ``max_doc_len`` tokens (default
-    ``target_len``, see ``pose_position_ids``). Documents shorter than ``train_len`` need
+    ``default_max_doc_len``, see ``pose_position_ids``). Documents shorter than ``train_len`` need
     ``pose_position_ids``, which returns shorter samples. ``randpos`` describes each token as its
     own chunk.
     """
     validate(train_len, target_len, num_chunks=num_chunks, scheme=scheme,
              content_offset=content_offset, seed=seed, max_doc_len=max_doc_len)
-    idx, doc = _validate_batch(train_len, target_len, indices, doc_lens, max_doc_len)
+    idx, doc = _validate_batch(train_len, target_len, indices, doc_lens, max_doc_len, scheme)
     batch = idx.shape[0]
     if scheme == "randpos":
         positions = np.stack([_randpos(seed, int(i), train_len, target_len) for i in idx]) \
@@ -338,10 +354,10 @@ def pose_position_ids(
 
     ``doc_len`` is the length of the document the sample is cut from (default ``train_len``).
     The sample has ``min(train_len, doc_len)`` tokens. The document is first truncated to
-    ``max_doc_len`` tokens, by default ``target_len``: the authors' code as the issue tracker
-    reads it (``max_length=scaled_max_position_embeddings``, their repository's pull request
-    #13); the authors' master branch truncates to ``5 * train_len`` instead (pass
-    ``max_doc_len=5 * train_len`` for that). It only bounds where chunk 1's content may end.
+    ``max_doc_len`` tokens, by default ``default_max_doc_len``: ``5 * train_len`` for the
+    reference scheme, as the authors' code (``max_length=model_max_position_embeddings*5``);
+    pass ``max_doc_len=target_len`` for the target-length cut that their repository's unmerged
+    pull request #13 proposed. It only bounds where chunk 1's content may end.
     """
     validate(train_len, target_len, num_chunks=num_chunks, scheme=scheme,
              content_offset=content_offset, seed=seed, max_doc_len=max_doc_len)

@@ -24,6 +24,11 @@ def configs(draw, schemes=("reference", "uniform", "full", "randpos")):
     )
 
 
+def _default_cut(cfg):
+    # Restated, not imported: the authors' code cuts at 5 windows, the other schemes at the target.
+    return 5 * cfg["train_len"] if cfg["scheme"] == "reference" else cfg["target_len"]
+
+
 @settings(max_examples=400, deadline=None)
 @given(configs())
 def test_invariants(cfg):
@@ -42,7 +47,7 @@ def test_invariants(cfg):
         np.testing.assert_array_equal(pos[at:at + c.length], c.pos_start + np.arange(c.length))
         at += c.length
     # Content comes from the (truncated) document, in order, without overlap.
-    usable = min(doc, cfg["max_doc_len"] or target)
+    usable = min(doc, cfg["max_doc_len"] or _default_cut(cfg))
     tok = s.token_index
     assert tok.shape == (n,) and tok.min() >= 0 and tok.max() < usable
     assert np.all(np.diff(tok) > 0)
@@ -62,7 +67,7 @@ def test_chunked_scheme_rules(cfg):
         assert s.chunks[0].src_start == 0 and s.position_ids[0] == 0
         assert s.position_ids[-1] <= target - 1
         return
-    usable = min(doc, cfg["max_doc_len"] or target)
+    usable = min(doc, cfg["max_doc_len"] or _default_cut(cfg))
     lengths = np.array([c.length for c in s.chunks])
     starts = np.cumsum(lengths) - lengths
     skips = np.array([c.pos_start for c in s.chunks]) - starts
@@ -124,14 +129,18 @@ def test_reference_draw_ranges_are_exactly_the_papers():
     assert abs(np.corrcoef(first, skip)[0, 1]) < 0.03
 
 
-def test_documents_are_truncated_to_the_target_length():
+def test_documents_are_truncated_as_the_authors_code():
+    # train_pose.py: max_length=model_max_position_embeddings*5 (5 windows), whatever the target.
     b = pose_position_ids_batch(10, 40, np.arange(5000), doc_lens=np.full(5000, 1000))
     end = b.src_start[:, 1] + b.length[:, 1]
-    assert end.max() == 40 and end.min() == 10
-    # The authors' master branch (5 x train_len) on request.
+    assert end.max() == 50 and end.min() == 10
+    # The target length on request; the uniform scheme cuts there by default.
     b = pose_position_ids_batch(10, 40, np.arange(5000), doc_lens=np.full(5000, 1000),
-                                max_doc_len=50)
-    assert (b.src_start[:, 1] + b.length[:, 1]).max() == 50
+                                max_doc_len=40)
+    assert (b.src_start[:, 1] + b.length[:, 1]).max() == 40
+    b = pose_position_ids_batch(10, 40, np.arange(5000), doc_lens=np.full(5000, 1000),
+                                scheme="uniform")
+    assert (b.src_start[:, -1] + b.length[:, -1]).max() == 40
 
 
 def test_uniform_chunk_lengths_are_uniform_compositions():

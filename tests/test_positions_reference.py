@@ -93,21 +93,22 @@ def test_long_document_within_the_target_follows_the_reference():
     assert _single_samples(doc_len, train, target, 50) == samples[:50]
 
 
-def test_document_longer_than_the_target_is_truncated_to_it():
-    doc_len, train, target = 40, 5, 9
-    support = len(reference_outcomes(doc_len, train, target, target))
-    samples = _batch_samples(doc_len, train, target, 150 * support)
-    _check_against_reference(samples, doc_len, train, target, target)
-    assert max(max(tokens) for tokens, _ in samples) == target - 1
-
-
-def test_master_branch_truncation_on_request():
-    # The authors' master branch truncates to 5 * L_train (a later pull request, #13, to the
-    # target length, which is the default): max_doc_len selects it.
+def test_long_document_is_cut_at_five_windows_as_the_authors_code():
+    # train_pose.py tokenizes with max_length=model_max_position_embeddings*5 (the default here).
     doc_len, train, target = 40, 4, 8
     support = len(reference_outcomes(doc_len, train, target, 5 * train))
-    samples = _batch_samples(doc_len, train, target, 150 * support, max_doc_len=5 * train)
+    samples = _batch_samples(doc_len, train, target, 150 * support)
     _check_against_reference(samples, doc_len, train, target, 5 * train)
+    assert max(max(tokens) for tokens, _ in samples) == 5 * train - 1
+
+
+def test_target_length_cut_on_request():
+    # The target-length cut (the unmerged pull request #13 of the authors' repository).
+    doc_len, train, target = 40, 5, 9
+    support = len(reference_outcomes(doc_len, train, target, target))
+    samples = _batch_samples(doc_len, train, target, 150 * support, max_doc_len=target)
+    _check_against_reference(samples, doc_len, train, target, target)
+    assert max(max(tokens) for tokens, _ in samples) == target - 1
 
 
 def test_oracle_detects_the_old_short_document_shift():

@@ -16,8 +16,8 @@ Sample ``i`` (``__getitem__``), all NumPy, ``L = train_len``:
   that together reach ``L`` (``"pack"``; read as one document, EOD tokens included, attention
   not reset between them);
 - ``pose_megatron.positions`` with (``pose_seed``, ``i``) and the document length picks the
-  chunks (document truncated to ``max_doc_len``, by default the target length, first, as the
-  reference does) and their position ids, so any rank, worker or resumed run regenerates the same
+  chunks (document truncated to ``max_doc_len`` first, by default 5 training windows for the
+  reference scheme as the authors' code does, the target length otherwise) and their position ids, so any rank, worker or resumed run regenerates the same
   sample;
 - ``tokens`` int64 [L]: the chunks' content concatenated; ``position_ids`` int64 [L];
 - ``labels`` int64 [L]: ``labels[j] = tokens[j + 1]`` (the chunk boundary is not masked, as in
@@ -80,7 +80,7 @@ class PoseDatasetConfig(GPTDatasetConfig):
 
     max_doc_len: Optional[int] = None
     """Documents (or packs) are truncated to this many tokens before chunking; default
-    ``target_len`` (see ``pose_megatron.positions.pose_position_ids``)."""
+    ``pose_megatron.positions.default_max_doc_len`` (5 x train_len for the reference scheme)."""
 
     max_epochs: Optional[int] = None
     """Refuse to repeat a corpus more than this many times to supply the requested samples."""

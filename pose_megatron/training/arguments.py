@@ -70,6 +70,11 @@ def add_pose_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     add("--pose-short-docs", choices=("skip", "pack"), default="skip",
         help="documents shorter than --pose-train-len: skip them (the paper's data has none), "
              "or pack consecutive ones into one sample")
+    add("--pose-max-doc-len", type=int, default=None,
+        help="cut each document to this many tokens before a sample is drawn from it (bounds "
+             "where chunk content may come from; positions are unaffected); default 5 x "
+             "--pose-train-len for --pose-scheme reference (the authors' code), "
+             "--pose-target-len otherwise")
     g = parser.add_argument_group(
         "RoPE scaling", "the RoPE of the extended model; parameters use HF's rope_scaling names")
     add("--rope-scaling-type", choices=ROPE_SCALING_TYPES, default=None,

@@ -152,7 +152,8 @@ def build_megatron_dataset(args, vocab_size: int, num_samples: int):
         target_len=args.pose_target_len, blend=get_blend_from_list(args.data_path),
         split=args.split, tokenizer=tokenizer, num_chunks=args.pose_num_chunks,
         scheme=args.pose_scheme, content_offset=args.pose_content_offset,
-        short_docs=args.pose_short_docs, path_to_cache=args.data_cache_path)
+        short_docs=args.pose_short_docs, max_doc_len=args.pose_max_doc_len,
+        path_to_cache=args.data_cache_path)
     from megatron.core import parallel_state as ps
 
     # Only TP rank 0 of each stage reads; the builder itself lets global rank 0 write the index
