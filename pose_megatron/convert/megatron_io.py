@@ -473,7 +473,9 @@ def checkpoint_common_args(path: str, fmt: str):
 
     cleanup = _ensure_process_group()
     try:
-        return dist_checkpointing.load_common_state_dict(path).get("args")
+        # 0.19 keeps the common state inside the .distcp files: a missing one fails here
+        common = read_or_fail(lambda: dist_checkpointing.load_common_state_dict(path), path)
+        return common.get("args")
     finally:
         cleanup()
 
