@@ -25,7 +25,7 @@
 #
 # Environment: GPU_CHECK_LOGS (log folder; default a new temporary one), GPU_CHECK_WHEELS,
 # GPU_CHECK_PYTHON (interpreter; default python3 on the GPU machine, .venv/bin/python dry),
-# GPU_CHECK_BUDGET (seconds for the whole run; default 480), GPU_CHECK_DRY.
+# GPU_CHECK_BUDGET (seconds for the whole run; default 480, dry 900), GPU_CHECK_DRY.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -55,7 +55,9 @@ DRY=${GPU_CHECK_DRY:-0}
 LOGS=${GPU_CHECK_LOGS:-$(mktemp -d)/gpu_check}
 mkdir -p "$LOGS"
 LOGS=$(cd "$LOGS" && pwd)
-BUDGET=${GPU_CHECK_BUDGET:-480}
+BUDGET=${GPU_CHECK_BUDGET:-$( [ "$DRY" = 1 ] && echo 900 || echo 480 )}
+# Per-step limits are set for the H200; the dry run's CPU steps get three times as long.
+SCALE=$( [ "$DRY" = 1 ] && echo 3 || echo 1 )
 START=$SECONDS
 if [ "$DRY" = 1 ]; then
   PY=${GPU_CHECK_PYTHON:-.venv/bin/python}
@@ -71,7 +73,7 @@ ROWS=()
 # run_step NAME SECONDS CMD...: runs CMD with its output in $LOGS/NAME.log, within its own limit
 # and what is left of the budget (keeping 10 s for the table); records ok/FAIL/timeout.
 run_step() {
-  local name=$1 limit=$2
+  local name=$1 limit=$(($2 * SCALE))
   shift 2
   local left=$((BUDGET - (SECONDS - START) - 10))
   if [ "$left" -lt 5 ]; then
@@ -81,7 +83,8 @@ run_step() {
   [ "$limit" -gt "$left" ] && limit=$left
   echo "[gpu_check] $name (limit ${limit} s) -> $LOGS/$name.log"
   local t0=$SECONDS
-  timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+  # bash -c: the step may be one of the functions below (exported), which timeout cannot run.
+  timeout -k 10 "$limit" bash -c '"$@"' "$name" "$@" >"$LOGS/$name.log" 2>&1
   local rc=$? status=ok
   [ $rc -ne 0 ] && status="FAIL (exit $rc)"
   [ $rc -eq 124 ] && status="timeout (${limit} s)"
@@ -92,7 +95,7 @@ run_step() {
 summary() {
   local log="$LOGS/$1.log"
   case $1 in
-    env) grep -E '^(device|transformer_engine|megatron_core)' "$log" | tr '\n' ' ' ;;
+    env) grep -E '^(device|transformer_engine|megatron_core)' "$log" | cut -c1-60 | tr '\n' ' ' ;;
     gpu-tests|parity) grep -E '[0-9]+ (passed|failed|skipped|error)' "$log" | tail -1 ;;
     train) grep -E 'iteration|iter ' "$log" | tail -1 | cut -c1-110 ;;
     rope) grep -E '^ratio per-sample' "$log" | tail -1 ;;
@@ -142,7 +145,7 @@ install_wheels() {
   [ -d "$WHEELS" ] || { echo "error: $WHEELS not found (carry it; tools/gpu_check.sh --fetch)"; return 1; }
   # A venv over the image's site-packages: its CUDA torch, transformers and triton stay in use.
   "$PY" -m venv --system-site-packages .venv-gpu || return 1
-  PY=$ROOT/.venv-gpu/bin/python
+  PY=$ROOT/.venv-gpu/bin/python  # for this step; the main shell switches after it
   "$PY" -m pip install -q --no-index --no-deps "$WHEELS"/*.whl || return 1
   "$PY" -c "import megatron.core, torch; print('megatron-core', megatron.core.__version__, 'torch', torch.__version__)"
 }
@@ -158,8 +161,8 @@ build_extensions() {
 
 train_run() {
   local iters=10 extra=(--bf16 --use-distributed-optimizer)
-  # Dry: bf16 runs on the CPU; Megatron's distributed optimizer needs CUDA (refused on the CPU).
-  [ "$DRY" = 1 ] && iters=3 extra=(--bf16)
+  # Dry: fp32, one optimizer (bf16 training and the distributed optimizer are refused on the CPU).
+  [ "$DRY" = 1 ] && iters=3 extra=()
   local flags=(--mock-data --device "$DEVICE" --num-layers 2 --hidden-size 256
                --num-attention-heads 4 --num-query-groups 2 --vocab-size 1024
                --pose-train-len 256 --pose-target-len 4096 --rope-scaling-type linear
@@ -179,7 +182,7 @@ if [ "$DRY" = 1 ]; then
   PARITY_ENV=(env GPU_CHECK_DEVICE=cpu)
   ROPE_ARGS=(--device cpu --seq 64 --batch 2 --heads 4 --groups 2 --head-dim 16 --repeats 2 --inner 1)
   STEP_ARGS=(--device cpu --layers 1 --hidden 64 --heads 4 --vocab 256 --seq 64 --repeats 2 --inner 1)
-  FIG3_ARGS=(--device cpu --train-len 64 --targets 128 256 --layers 1 --hidden 64 --vocab 256
+  FIG3_ARGS=(--device cpu --train-len 64 --targets 128 --layers 1 --hidden 64 --vocab 256
              --steps 1 --warmup 1)
   GPU_TESTS=(-m gpu tests/test_gpu_check.py tests/test_train_gpu.py)
 else
@@ -194,10 +197,16 @@ else
   GPU_TESTS=(-m gpu tests)
 fi
 
+export DRY PY LOGS WHEELS CARRY_LIMIT DEVICE ROOT
+export -f env_report install_wheels build_extensions train_run
 echo "[gpu_check] $( [ "$DRY" = 1 ] && echo "DRY RUN on the CPU" || echo "GPU run" ); logs in $LOGS; budget ${BUDGET} s"
-run_step env 60 env_report
 run_step install 90 install_wheels
+if [ "$DRY" != 1 ] && [ -x .venv-gpu/bin/python ]; then
+  PY=$ROOT/.venv-gpu/bin/python
+  export PY
+fi
 run_step build 120 build_extensions
+run_step env 60 env_report
 run_step parity 90 "${PARITY_ENV[@]}" "$PY" -m pytest -q -p no:cacheprovider -s -m gpu \
   tests/test_gpu_check.py -k cuda_logits
 run_step train 90 train_run
