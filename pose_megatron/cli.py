@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+import time
 from typing import Callable, Optional, Sequence
 
 DEBUG_ENV = "POSE_MEGATRON_DEBUG"
@@ -143,6 +144,9 @@ def run(main: Callable, argv: Optional[Sequence[str]] = None, *, exit: bool = Tr
         code = EXIT_ERROR
     if not exit:
         return code
+    if code and _rank() != 0:
+        # torchrun ends the other ranks as soon as one exits: give rank 0 time to print the line
+        time.sleep(3)
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)
