@@ -31,7 +31,15 @@ UNACTIONABLE_WARNINGS = (
     (r"full scope is deprecated", UserWarning,
      "raised by Megatron-Core 0.16's own TransformerConfig default (cuda_graph_scope='full'); "
      "no flag of this tool sets it, and CUDA graphs are not used"),
+    (r"`load_state_dict` is deprecated and will be removed", FutureWarning,
+     "torch.distributed.checkpoint's deprecation of the call Megatron-Core's checkpoint loader "
+     "makes (--load); only a Megatron-Core release can change it"),
+    (r"Please use DTensor instead and we are deprecating ShardedTensor", FutureWarning,
+     "torch's deprecation of ShardedTensor, which Megatron-Core's torch_dist format is built "
+     "on (--load); the same"),
 )
+# Kept on purpose: Megatron's "pad token id ... collides with another special token id" (it is
+# about the user's tokenizer, and says what changes), and every warning not listed.
 
 
 def filter_startup_warnings() -> None:
