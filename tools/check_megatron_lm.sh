@@ -99,7 +99,7 @@ for FMT in torch_dist torch; do
     --eval-iters 0 --eval-interval 100000 --log-interval 1 --save "$SAVE" --save-interval "$ITERS" \
     --ckpt-format "$FMT" > "$WORK/pretrain_$FMT.log" 2>&1 ||
     { tail -30 "$WORK/pretrain_$FMT.log"; echo "error: pretrain_gpt.py failed" >&2; exit 1; }
-  grep -E "iteration +[0-9]+/ +$ITERS \|" "$WORK/pretrain_$FMT.log" | sed 's/^.*\(iteration \)/\1/' | cut -c1-200
+  grep -E "\] iteration +[0-9]+/" "$WORK/pretrain_$FMT.log" | sed -E 's/^.*\] (iteration +[0-9]+\/ +[0-9]+).*(lm loss: [^|]*).*$/\1 | \2/'
   [ -f "$SAVE/latest_checkpointed_iteration.txt" ] ||
     { echo "error: pretrain_gpt.py saved no checkpoint (log: $WORK/pretrain_$FMT.log)" >&2; exit 1; }
   SECONDS_OF[train_$FMT]=$(( $(date +%s) - t ))
