@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Convert a pose_megatron / converted Megatron-Core checkpoint back into a HF model directory.
+"""Convert a pose_megatron, converted or Megatron-LM checkpoint back into a HF model directory.
 
-Reads pose_model.json for the architecture and RoPE, the distributed or legacy weights written
-at any TP/PP, and writes safetensors shards and a config.json that
+Reads the architecture and RoPE from pose_model.json or, for a checkpoint saved by Megatron-LM's
+own pretrain() (with or without the PoSE helpers), from the args in its common state (both where
+both exist, refusing a pose_model.json that disagrees with the args); the distributed or legacy
+weights written at any TP/PP; and writes safetensors shards and a config.json that
 AutoModelForCausalLM.from_pretrained loads with the RoPE scaling the model was trained with.
 RoPE types HF has no name for are written in an exactly equivalent form: 'ntk' as plain RoPE
 with the scaled base, 'yarn_pose' as 'longrope' with per-dimension factors (checked against
@@ -37,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--megatron-dir", required=True,
-                   help="checkpoint directory holding pose_model.json and "
-                        "latest_checkpointed_iteration.txt")
+                   help="checkpoint directory holding latest_checkpointed_iteration.txt, "
+                        "and pose_model.json or Megatron-LM's saved args")
     p.add_argument("--out", required=True, help="output HF directory (written atomically)")
     p.add_argument("--iteration", type=int, default=None,
                    help="iteration to export (default: the one latest_checkpointed_iteration.txt names)")
