@@ -5,8 +5,8 @@
 One model, optimizer and batch, built by pose_megatron's own training setup (the flags
 bench/step_time.py uses: a small LLaMA on mock PoSE data). Both variants run the same
 ``train_step`` on the same micro-batches: "pose" with the model as built (``enable_pose_rope``:
-per-sample ``[S,B,1,D]`` tables from the batch's skip-wise position ids), "stock" with Megatron-Core's
-``RotaryEmbedding`` swapped back in and the binding hooks removed (contiguous 0..S-1, an
+per-sample ``[S,B,1,D]`` tables from the batch's skip-wise position ids), "stock" with
+Megatron-Core's ``RotaryEmbedding`` swapped back in and the binding hooks removed (contiguous 0..S-1, an
 lru-cached ``[S,1,1,D]`` table). Timed as in bench/rope.py: process CPU time on CPU (a shared
 machine's load barely moves it), wall time around synchronisation on CUDA; rotating order, best of
 --inner per repeat, the median of per-repeat paired ratios printed; target <= 1.02.

@@ -2,8 +2,8 @@
 fp32 and bf16 (tools/gpu_check.sh runs it; skipped without CUDA). GPU_CHECK_DEVICE=cpu runs the
 same comparison on the CPU, which is what the script's dry run does so the step never rots.
 
-The oracle is HF's LlamaForCausalLM in fp32 on the CPU with the same weights (tests/test_model_rope's
-fixtures and hand-written weight mapping).
+The oracle is HF's LlamaForCausalLM in fp32 on the CPU with the same weights
+(tests/test_model_rope's fixtures and hand-written weight mapping).
 """
 
 import os
