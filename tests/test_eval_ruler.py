@@ -403,3 +403,18 @@ def test_hf_chat_template_frames_the_prompt(tmp_path):
     assert s.text.startswith("<user>Read the following coded text")
     assert s.text.endswith("coded text?\n<assistant> Answer: According to the coded text above, "
                            "the three most frequently appeared words are:")
+
+
+def test_runs_of_one_model_merge_into_one_table():
+    tool = load_tool()
+    cell = lambda t, L, score: {"task": t, "length": L, "score": score}  # noqa: E731
+    merged = tool.merge_by_name([
+        {"name": "m", "seed": 0, "results": [cell("vt", 1024, 20.0), cell("fwe", 512, 40.0)]},
+        {"name": "other", "results": [cell("vt", 1024, 0.0)]},
+        {"name": "m", "seed": 0, "results": [cell("niah_single_1", 512, 100.0),
+                                             cell("vt", 1024, 30.0)]},
+    ])
+    assert [e["name"] for e in merged] == ["m", "other"]
+    cells = {(r["task"], r["length"]): r["score"] for r in merged[0]["results"]}
+    assert cells == {("vt", 1024): 30.0, ("fwe", 512): 40.0, ("niah_single_1", 512): 100.0}
+    assert tool.task_order(merged[0]) == ["niah_single_1", "vt", "fwe"]

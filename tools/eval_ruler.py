@@ -114,7 +114,7 @@ def earlier_run(path: str, name: str, seed: int):
 def print_tables(entries) -> None:
     for e in entries:
         lengths = sorted({r["length"] for r in e["results"]})
-        tasks = list(dict.fromkeys(r["task"] for r in e["results"]))
+        tasks = task_order(e)
         cells = {(r["task"], r["length"]): r["score"] for r in e["results"]}
         rows = [[t] + [f"{cells[t, L]:.1f}" if (t, L) in cells else "-" for L in lengths]
                 for t in tasks]
@@ -129,13 +129,33 @@ def print_tables(entries) -> None:
         print()
 
 
+def task_order(entry) -> list:
+    """The entry's tasks in RULER's order (unknown names, from other versions, last)."""
+    names = {r["task"] for r in entry["results"]}
+    return [t for t in TASKS if t in names] + sorted(names - set(TASKS))
+
+
+def merge_by_name(entries) -> list:
+    """Entries of one model name (runs of different tasks or lengths, e.g. from several
+    --compare files) become one; a (task, length) cell of a later entry replaces an earlier one."""
+    merged = {}
+    for e in entries:
+        if e["name"] not in merged:
+            merged[e["name"]] = dict(e, results=[])
+        cells = {(r["task"], r["length"]): r for r in merged[e["name"]]["results"]}
+        cells.update({(r["task"], r["length"]): r for r in e["results"]})
+        merged[e["name"]]["results"] = list(cells.values())
+    return list(merged.values())
+
+
 def report(entries, args, marks) -> None:
+    entries = merge_by_name(entries)
     print_tables(entries)
     write_json({"tool": TOOL, "models": entries}, args.output_json)
     panels = {}
     for e in entries:
         lengths = sorted({r["length"] for r in e["results"]})
-        tasks = list(dict.fromkeys(r["task"] for r in e["results"]))
+        tasks = task_order(e)
         cells = {(r["task"], r["length"]): r["score"] for r in e["results"]}
         panels[e["name"]] = (tasks, lengths, [[cells.get((t, L), float("nan")) for L in lengths]
                                               for t in tasks])
