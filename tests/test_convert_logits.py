@@ -168,6 +168,20 @@ def _extended_body(rank, world, ckpts):
     return out
 
 
+def _redescribe_legacy(release, args):
+    """Give a legacy checkpoint another RoPE in both places it is described, as a training run
+    with that RoPE would have saved it: the settings file and the Megatron-LM args."""
+    from pose_megatron.convert.megatron_io import load_rank_file
+    from pose_megatron.convert.megatron_lm_args import megatron_lm_args
+
+    args.save(str(release))
+    for rank_file in release.glob("mp_rank_*/model_optim_rng.pt"):
+        state = load_rank_file(str(rank_file))
+        state["args"] = megatron_lm_args(args, fmt="legacy")
+        torch.save(state, f"{rank_file}.new")  # the loaded state still maps the old file
+        os.replace(f"{rank_file}.new", rank_file)
+
+
 def test_exported_rope_makes_hf_compute_the_plugins_logits(converted, tmp_path):
     """A model extended with each RoPE type exports to a config.json HF computes identically,
     including 'ntk' (as a plain RoPE base) and 'yarn_pose' (as longrope factors)."""
@@ -179,9 +193,9 @@ def test_exported_rope_makes_hf_compute_the_plugins_logits(converted, tmp_path):
     for name, scaling in EXTENDED_ROPE.items():
         mg = tmp_path / f"{name}-mg"
         hf_to_megatron(hf_dirs["llama3_untied"], str(mg), fmt="legacy", progress=False)
-        args = ModelArgs.load(str(mg))
+        args = ModelArgs.load(str(mg / "release"))
         args.rope_theta, args.rope_scaling, args.max_position_embeddings = 10000.0, scaling, 32
-        args.save(str(mg))
+        _redescribe_legacy(mg / "release", args)
         megatron_to_hf(str(mg), str(tmp_path / f"{name}-hf"), progress=False)
         ckpts[name] = str(mg)
     (got,) = run_distributed(_extended_body, 1, ckpts)
