@@ -358,9 +358,14 @@ def test_tool_end_to_end_on_tiny_model(tiny_hf_dir, tmp_path, capsys):  # noqa: 
     assert tool.main(common + ["--lengths", "1700", "--tasks", "niah_single_1", "--samples", "2",
                                "--resume"]) == 0
     capsys.readouterr()
-    (cell,) = json.load(open(out))["models"][0]["results"]
+    results = json.load(open(out))["models"][0]["results"]
+    cells = {r["task"]: r for r in results}
+    cell = cells["niah_single_1"]
     assert [r["sample"] for r in cell["records"]] == [0, 1]
     assert cell["records"][0] == first and cell["samples"] == 2
+    # The cells this run did not redo are kept as they were.
+    assert sorted(cells) == ["niah_single_1", "niah_single_2", "vt"]
+    assert [r for r in results if r["task"] != "niah_single_1"] == entry["results"][1:]
     # --compare re-plots without a model.
     assert tool.main(["--compare", out, "--output-json", str(tmp_path / "c.json")]) == 0
     assert "niah_single_1" in capsys.readouterr().out

@@ -197,6 +197,9 @@ def main(argv=None) -> int:
         entries += [e for e in others if e["name"] not in names] + [entry]
         start = time.time()
         cells = [(L, t) for L in lengths for t in tasks]
+        # Cells of earlier runs that this run does not redo stay in the file.
+        entry["results"] = [r for key, r in done.items()
+                            if (key[1], key[0]) not in set(cells)]
         for n, (length, task) in enumerate(cells):
             earlier = done.get((task, length), {}).get("records", [])
             if len(earlier) >= args.samples:
