@@ -122,13 +122,22 @@ def pose_model_provider(model_provider: Callable, get_args: Optional[Callable] =
     versions add arguments): everything is passed through.
     """
     from pose_megatron.model import enable_pose_rope
+    from pose_megatron.rotary import softmax_scale_for
 
     get_args = get_args or _megatron_args
 
     @functools.wraps(model_provider)
     def provider(*args, **kwargs):
+        mlm_args = get_args()
+        rope = pose_settings(mlm_args)["rope"]
+        # YaRN's / LongRoPE's attention scaling is the config's softmax_scale, which Megatron-LM
+        # copies from args into the TransformerConfig the provider builds (0.16 and 0.19).
+        if getattr(mlm_args, "softmax_scale", None) is None:
+            kv_channels = getattr(mlm_args, "kv_channels", None) or (
+                mlm_args.hidden_size // mlm_args.num_attention_heads)
+            mlm_args.softmax_scale = softmax_scale_for(rope, kv_channels)
         model = model_provider(*args, **kwargs)
-        return enable_pose_rope(model, pose_settings(get_args())["rope"])
+        return enable_pose_rope(model, rope)
 
     return provider
 

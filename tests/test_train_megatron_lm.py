@@ -74,7 +74,8 @@ def _wrapped_provider(rank, world):
                         position_embedding_type="rope")
 
     args = _pose_args("--pose-target-len", "64", "--rope-scaling-type", "none", seq_length=16,
-                      max_position_embeddings=64, rotary_base=10000)
+                      max_position_embeddings=64, rotary_base=10000, hidden_size=64,
+                      num_attention_heads=4, kv_channels=None)
 
     def model_provider(model_builder, pre_process=True, post_process=True, vp_stage=None,
                        config=None, pg_collection=None):  # 0.15+: the builder comes first
@@ -104,6 +105,41 @@ def test_wrapped_model_provider_honours_position_ids():
     assert np.abs(out["pose_skip"] - out["pose"]).max() > 1e-3
     # ... and with positions 0..L-1 (no scaling) it is the stock model.
     np.testing.assert_allclose(out["pose"], out["stock"], rtol=1e-5, atol=1e-5)
+
+
+def _yarn_provider(rank, world):
+    import math
+
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer import TransformerConfig
+
+    from pose_megatron import parallel
+
+    parallel.initialize(device="cpu", seed=3)
+    args = _pose_args("--pose-target-len", "64", "--rope-scaling-type", "yarn", seq_length=16,
+                      max_position_embeddings=16, rotary_base=10000, hidden_size=64,
+                      num_attention_heads=4, kv_channels=None)
+    seen = {}
+
+    def model_provider(pre_process=True, post_process=True, vp_stage=None):
+        # Megatron-LM's core_transformer_config_from_args copies args.softmax_scale into the config
+        seen["softmax_scale"] = args.softmax_scale
+        config = TransformerConfig(num_layers=1, hidden_size=64, num_attention_heads=4,
+                                   normalization="RMSNorm", gated_linear_unit=True,
+                                   add_bias_linear=False, use_cpu_initialization=True,
+                                   softmax_scale=args.softmax_scale)
+        return GPTModel(config, get_gpt_layer_local_spec(normalization="RMSNorm"), 128, 16,
+                        position_embedding_type="rope")
+
+    megatron_lm.pose_model_provider(model_provider, get_args=lambda: args)()
+    # YaRN x4 scales cos and sin by 0.1 ln 4 + 1, so the logits by its square; head dim 16
+    return seen["softmax_scale"], (0.1 * math.log(4) + 1) ** 2 / math.sqrt(16)
+
+
+def test_wrapped_provider_gives_megatron_lm_yarns_attention_scale():
+    got, want = run_distributed(_yarn_provider, 1)[0]
+    assert got == pytest.approx(want, rel=1e-12)
 
 
 def _get_batch(rank, world):
