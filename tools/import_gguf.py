@@ -25,6 +25,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from pose_megatron import cli  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -40,8 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress lines or bars on stderr")
-    p.add_argument("--debug", action="store_true",
-                   help="show the full traceback of an error instead of one line")
+    cli.add_debug_argument(p)
     return p
 
 
@@ -51,14 +52,8 @@ def main(argv=None) -> int:
 
     if opts.no_progress:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        summary = gguf_to_hf(opts.gguf, opts.out, dtype=opts.dtype, force=opts.force,
-                             progress=not opts.no_progress)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, OSError) as err:
-        if opts.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    summary = gguf_to_hf(opts.gguf, opts.out, dtype=opts.dtype, force=opts.force,
+                         progress=not opts.no_progress)
     print(f"wrote {opts.out}: {summary['model_type']}, {summary['layers']} layers, "
           f"{summary['parameters'] / 1e6:.1f}M parameters in {summary['dtype']}, chat template "
           f"{'kept' if summary['chat_template'] else 'absent from the GGUF'}")
@@ -66,4 +61,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)
