@@ -237,7 +237,9 @@ class PoseGPTDataset(MegatronDataset):
 
     @staticmethod
     def _key_config_attributes() -> List[str]:
-        return MegatronDataset._key_config_attributes() + [
+        from pose_megatron.megatron_compat import dataset_key_config_attributes
+
+        return dataset_key_config_attributes() + [
             "train_len", "target_len", "num_chunks", "scheme", "content_offset", "short_docs",
             "max_doc_len"]
 
