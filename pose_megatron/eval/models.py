@@ -99,6 +99,9 @@ class TextTokenizer:
     eos_id: Optional[int]
     vocab_size: int
     source: str
+    # One user message -> the chat-formatted prompt text with the assistant turn opened; None
+    # when the tokenizer has no chat template (sentencepiece files, base models).
+    render_chat: Optional[Callable[[str], str]] = None
 
 
 _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
@@ -144,6 +147,11 @@ def load_tokenizer(path: str) -> TextTokenizer:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path} holds no usable HF tokenizer: {exc}") from None
+
+    def render_chat(content: str) -> str:
+        return tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                       add_generation_prompt=True)
+
     return TextTokenizer(
         encode=lambda text: list(tok.encode(text, add_special_tokens=False)),
         decode=lambda ids: tok.decode([int(i) for i in ids], skip_special_tokens=True),
@@ -151,6 +159,7 @@ def load_tokenizer(path: str) -> TextTokenizer:
         eos_id=tok.eos_token_id,
         vocab_size=len(tok),
         source=path,
+        render_chat=render_chat if getattr(tok, "chat_template", None) else None,
     )
 
 
