@@ -65,12 +65,19 @@ def fsync_tree(root: str) -> None:
         fsync_dir(directory)
 
 
-def write_text(path: str, text: str) -> None:
-    """Replace the file ``path`` by ``text`` atomically and durably."""
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+@contextmanager
+def atomic_file(path: str, binary: bool = False) -> Iterator:
+    """Write the file ``path`` through the yielded file object; it replaces ``path`` atomically
+    and durably when the block ends, and a failed or killed writer leaves the old file (its
+    temporary, named by ``temp_file_prefix``, is removed or later cleaned by ``clean_stale_files``).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    clean_stale_files(path)
+    tmp = f"{temp_file_prefix(path)}.{uuid.uuid4().hex[:8]}"
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb" if binary else "w") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -78,7 +85,13 @@ def write_text(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    fsync_dir(directory)
+
+
+def write_text(path: str, text: str) -> None:
+    """Replace the file ``path`` by ``text`` atomically and durably."""
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 def write_json(path: str, data) -> None:

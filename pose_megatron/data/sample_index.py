@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from typing import Optional
 
 import numpy as np
@@ -133,17 +132,10 @@ class SampleIndex:
 
 
 def _atomic_save(path: str, array: np.ndarray) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from pose_megatron.publish import atomic_file
+
+    with atomic_file(path, binary=True) as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def _check(train_len: int, short_docs: str, num_samples: Optional[int]) -> None:

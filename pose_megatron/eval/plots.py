@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Mapping, Optional, Sequence, Tuple
 
 Series = Mapping[str, Sequence[Tuple[float, float]]]
@@ -80,18 +78,14 @@ def _save(fig, path: str) -> str:
     """Write ``fig`` to ``path`` as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
+    from pose_megatron.publish import atomic_file
+
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".png.tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
+        with atomic_file(path, binary=True) as f:
+            fig.savefig(f, format="png", dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
