@@ -36,16 +36,17 @@ from pose_megatron import publish
 from pose_megatron.convert import megatron_io
 from pose_megatron.config import CONFIG_FILENAME, ModelArgs
 
-TRACKER = "latest_checkpointed_iteration.txt"
-CHECKPOINT_VERSION = 3.0
+# The layout is Megatron-LM's, defined once in convert/megatron_io (converter output is a checkpoint too).
+TRACKER = megatron_io.TRACKER
+CHECKPOINT_VERSION = megatron_io.CHECKPOINT_VERSION
 # Test hook: SIGKILL this process right after its shards of iteration N are written, before the
 # rename (what a node failure during a save looks like).
 KILL_DURING_SAVE_ENV = "POSE_TEST_KILL_DURING_SAVE"
 
 
 def iteration_dir(root: str, iteration) -> str:
-    name = "release" if iteration == "release" else f"iter_{int(iteration):07d}"
-    return os.path.join(root, name)
+    return os.path.join(root, megatron_io.iteration_dir(
+        None if iteration == "release" else int(iteration)))
 
 
 def read_tracker(root: str):

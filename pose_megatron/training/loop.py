@@ -44,14 +44,6 @@ class Trainer:
     save_lock: object = None  # held for the whole run: one writer per --save
 
 
-def _is_te_available() -> bool:
-    try:
-        import transformer_engine  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
-        return False
-    return True
-
-
 def check_device_support(args, device: str) -> None:
     """Refuse, with the flag to change, what cannot run on this device."""
     if device == "cpu":
@@ -70,17 +62,22 @@ def check_device_support(args, device: str) -> None:
             if bad:
                 raise SystemExit(f"error: {flag} cannot run on the CPU ({why}); drop the flag or "
                                  "run on a GPU")
-    elif (args.context_parallel_size > 1 or args.sequence_parallel) and not _is_te_available():
-        raise SystemExit("error: --context-parallel-size > 1 and --sequence-parallel need "
-                         "Transformer Engine (import transformer_engine failed)")
+    elif args.context_parallel_size > 1 or args.sequence_parallel:
+        from pose_megatron.model import have_transformer_engine
+
+        if not have_transformer_engine():
+            raise SystemExit("error: --context-parallel-size > 1 and --sequence-parallel need "
+                             "Transformer Engine (import transformer_engine failed)")
 
 
 def _spec(args, device: str) -> str:
+    from pose_megatron.model import have_transformer_engine
+
     if args.transformer_impl == "local":
         return "local"
     if args.transformer_impl == "transformer_engine":
         return "te"
-    return "te" if device == "cuda" and _is_te_available() else "local"
+    return "te" if device == "cuda" and have_transformer_engine() else "local"
 
 
 def build_dataset(args, model_args: ModelArgs, num_samples: int):
