@@ -6,7 +6,7 @@ config.json) of about --params parameters, then, each in a fresh subprocess so p
 own, and each after flushing the page cache's dirty pages (so no step pays for the last one's):
   raw      read every shard file and write the bytes to new files, fsynced: the I/O floor, as
            every converter output is fsynced before it is published (Megatron's torch_dist
-           writer syncs its files; atomic_output syncs the rest). Also shown without fsync.
+           writer syncs its files; publish.publish_dir syncs the rest). Also shown without fsync.
   to-mg    tools/convert_hf_to_megatron.py (--format, default torch_dist)
   to-hf    tools/convert_megatron_to_hf.py of that output
 and prints GB/s, the ratio to raw I/O (target >= 0.5) and peak RSS / checkpoint size

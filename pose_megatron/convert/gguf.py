@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Optional
 
-from pose_megatron.convert.megatron_io import DTYPES, atomic_output, dtype_name
+from pose_megatron import publish
+from pose_megatron.convert.megatron_io import DTYPES, dtype_name
 
 GGUF_MAGIC = b"GGUF"
 #: Keys of config.json that only describe how the GGUF file was read, never the model.
@@ -99,7 +99,7 @@ def gguf_to_hf(gguf_path: str, out: str, *, dtype: str = "fp32", force: bool = F
 
     directory, filename = os.path.split(path)
     transformers.logging.set_verbosity_error()  # its GGUF notes are about the packed path we skip
-    with atomic_output(out, force) as tmp:
+    with publish.publish_dir(out, force=force) as tmp:
         _say(f"reading the tokenizer and chat template of {filename}", progress)
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
         _say(f"unpacking the {arch} weights of {filename} to {dtype_name(torch_dtype)}", progress)

@@ -47,11 +47,6 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
 
 
-def atomic_output(out: str, force: bool, inputs=None):
-    """The converters' ``--out``: ``publish.publish_dir`` (kept under this name for callers)."""
-    return publish.publish_dir(out, force=force, inputs=inputs)
-
-
 class CheckpointReadError(ValueError):
     """A checkpoint that exists but cannot be read (missing or damaged files)."""
 
