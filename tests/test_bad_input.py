@@ -455,3 +455,41 @@ def megatron_args_of_release(ckpt):
     from pose_megatron.convert import megatron_io
 
     return megatron_io.model_args_of(str(ckpt), str(ckpt / "release"))
+
+
+# ----------------------------------------------------------------------------- a really full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2.6 MB tmpfs: one checkpoint of the tiny model below (1.7 MB) fits, a second does not.
+    Needs the right to mount (root, as on the CI machine); skipped elsewhere."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2600k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_full_disk_during_a_training_save_is_one_line_and_keeps_the_last_checkpoint(small_disk):
+    save = small_disk / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pose_megatron.train", "--mock-data", "--device", "cpu",
+         "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+         "--num-query-groups", "2", "--vocab-size", "256", "--max-position-embeddings", "32",
+         "--pose-train-len", "16", "--pose-target-len", "128", "--rope-scaling-type", "linear",
+         "--train-iters", "2", "--lr", "1e-3", "--save", str(save), "--save-interval", "1"],
+        capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = _one_error_line(proc.stderr)
+    assert f"--save {save}: no space left on device while saving iteration 2" in line
+    assert "iter_0000001, is kept" in line
+    # the partial iteration is gone (it held the space), the tracker still names iteration 1
+    assert sorted(os.listdir(save)) == ["iter_0000001", "latest_checkpointed_iteration.txt",
+                                        "pose_model.json"]
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "1"

@@ -14,22 +14,9 @@ import pytest
 import torch
 
 from tests.distributed import run_distributed
+from tests.rope_type_flags import ROPE_FLAGS
 
 ORIGINAL, TRAIN, TARGET, EVAL_LEN = 32, 16, 128, 96
-_LONGROPE = ["--rope-short-factor", *map(str, [1, 1, 1.5, 2, 2.5, 3, 3.5, 4]),
-             "--rope-long-factor", *map(str, [1, 1.2, 1.6, 2, 2.6, 3.2, 3.6, 4])]
-# type -> extra flags (each type's own parameters, away from their defaults where it has any)
-ROPE_FLAGS = {
-    "none": [],
-    "linear": [],
-    "ntk": [],
-    "dynamic": [],
-    "yarn": ["--rope-beta-fast", "16", "--rope-beta-slow", "2", "--rope-mscale", "0.9",
-             "--rope-mscale-all-dim", "0.8"],
-    "yarn_pose": ["--rope-beta-fast", "24"],
-    "llama3": ["--rope-low-freq-factor", "2", "--rope-high-freq-factor", "8"],
-    "longrope": _LONGROPE,
-}
 
 
 def _train_export_compare(rank, world, root, kinds):

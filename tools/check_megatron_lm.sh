@@ -8,12 +8,16 @@
 #    its common state; no pose_model.json), and compares the HF logits with Megatron-LM's own load
 #    of it (load_checkpoint + the script's model_provider) at 64 and 512 tokens, within 1e-4;
 # 4. converts a tiny HF model with tools/convert_hf_to_megatron.py, loads it in Megatron-LM with
-#    --use-checkpoint-args (no model-size flags) and compares with the HF logits, within 1e-4.
+#    --use-checkpoint-args (no model-size flags) and compares with the HF logits, within 1e-4;
+# 5. trains every --rope-scaling-type (with its own parameters) with the same script, exports
+#    each to HF and compares Megatron-LM's own load with transformers' at 64 and 512 tokens.
 # Megatron-LM's source is read and run beside the project, never copied into it. On a machine
 # without a GPU, Megatron-LM's training loop runs with the CPU redirects of
 # tools/megatron_lm/sitecustomize.py (test scaffolding only). Environment:
 #   PYTHON   the interpreter (default: .venv for 0.16, .venv-mcore019 for 0.19)
 #   ITERS    PoSE iterations (default 4)
+#   ROPE_TYPES      the types of step 5 (default: all eight); ITERS_PER_TYPE (default 1)
+#   TYPES_ONLY=1    run step 5 only
 # Installs into that environment what Megatron-LM's tree imports beyond the megatron-core wheel's
 # requirements (six, triton: the checkout's own megatron/ comes first on PYTHONPATH), and
 # on Python 3.11 for 0.19 a .pth that gives typing.override from typing_extensions (0.19's
@@ -88,7 +92,8 @@ RUN=(--tokenizer-type NullTokenizer --vocab-size 2000 --make-vocab-size-divisibl
 [ "$DEVICE" = cpu ] && RUN+=(--clip-grad 0)  # Megatron-LM's clipping asserts CUDA tensors
 POSE=(--pose-target-len 512 --rope-scaling-type linear)
 
-declare -A SECONDS_OF
+declare -A SECONDS_OF=([train_torch_dist]=- [train_torch]=-)
+if [ "${TYPES_ONLY:-0}" != 1 ]; then
 for FMT in torch_dist torch; do
   echo "== 3. PoSE training with the patched pretrain_gpt.py: $ITERS iterations, --ckpt-format $FMT"
   SAVE=$WORK/pretrain_$FMT
@@ -139,4 +144,41 @@ env "${DIST_ENV[@]}" MASTER_PORT=$(free_port) "$PY" "$ROOT/tools/megatron_lm/mlm
 grep -E "Setting (num_layers|hidden_size|num_query_groups|padded_vocab_size) to" "$WORK/mlm_converted.log" | sort -u || true
 "$PY" "$ROOT/tools/megatron_lm/compare_logits.py" --hf "$WORK/hf_tiny" \
   --megatron "$WORK/mlm_converted.pt" --tol 1e-4 --label "converted, --use-checkpoint-args: "
+fi
+echo "== 7. every --rope-scaling-type through pretrain_gpt.py: train, export, Megatron-LM's load vs HF"
+# Each type with its own parameters (tests/rope_type_flags.py, the table the CLI test uses):
+# ITERS_PER_TYPE iterations saved as torch_dist, converted from the saved args, and compared at
+# 64 and 512 tokens (past the 64-token window, where the scaling matters) within 1e-4.
+ITERS_PER_TYPE=${ITERS_PER_TYPE:-1}
+TYPES_SUMMARY=()
+for KIND in ${ROPE_TYPES:-none linear ntk dynamic yarn yarn_pose llama3 longrope}; do
+  mapfile -t EXTRA < <(cd "$ROOT" && "$PY" -m tests.rope_type_flags "$KIND")
+  # plain RoPE has no extended window: the model's own window is the target
+  WINDOW=(); [ "$KIND" = none ] && WINDOW=(--max-position-embeddings 512)
+  KPOSE=(--pose-target-len 512 --rope-scaling-type "$KIND" "${EXTRA[@]}")
+  SAVE=$WORK/type_$KIND
+  rm -rf "$SAVE" "$WORK/hf_type_$KIND"
+  t=$(date +%s)
+  env "${DIST_ENV[@]}" MASTER_PORT=$(free_port) "$PY" "$WORK/mlm/pretrain_gpt.py" "${MODEL[@]}" "${WINDOW[@]}" \
+    "${RUN[@]}" "${KPOSE[@]}" --data-path "$DATA" --split 100,0,0 --train-iters "$ITERS_PER_TYPE" \
+    --lr 1e-3 --lr-decay-style constant --eval-iters 0 --eval-interval 100000 --log-interval 1 \
+    --save "$SAVE" --save-interval "$ITERS_PER_TYPE" --ckpt-format torch_dist \
+    > "$WORK/type_$KIND.log" 2>&1 ||
+    { tail -30 "$WORK/type_$KIND.log"; echo "error: pretrain_gpt.py --rope-scaling-type $KIND failed" >&2; exit 1; }
+  LOSS=$(grep -E "\] iteration +[0-9]+/" "$WORK/type_$KIND.log" | tail -1 | sed -E 's/^.*lm loss: ([^ |]*).*$/\1/')
+  "$PY" "$ROOT/tools/convert_megatron_to_hf.py" --megatron-dir "$SAVE" --out "$WORK/hf_type_$KIND" \
+    --tokenizer "$TOK" --no-progress > "$WORK/hf_type_$KIND.log" 2>&1 ||
+    { cat "$WORK/hf_type_$KIND.log"; echo "error: export of the $KIND checkpoint failed" >&2; exit 1; }
+  HF_ROPE=$("$PY" -c "import json,sys; c=json.load(open(sys.argv[1])); r=c.get('rope_parameters') or c.get('rope_scaling') or {}; print(r.get('rope_type', 'default'), 'factor', r.get('factor', '-'), 'theta', r.get('rope_theta', c.get('rope_theta')))" \
+    "$WORK/hf_type_$KIND/config.json")
+  env "${DIST_ENV[@]}" MASTER_PORT=$(free_port) "$PY" "$ROOT/tools/megatron_lm/mlm_logits.py" --pose \
+    --out "$WORK/mlm_type_$KIND.pt" --lengths 64 512 -- "${MODEL[@]}" "${WINDOW[@]}" "${RUN[@]}" "${KPOSE[@]}" \
+    --load "$SAVE" --ckpt-format torch_dist --no-load-optim --no-load-rng > "$WORK/mlm_type_$KIND.log" 2>&1 ||
+    { tail -30 "$WORK/mlm_type_$KIND.log"; echo "error: Megatron-LM could not load $SAVE" >&2; exit 1; }
+  "$PY" "$ROOT/tools/megatron_lm/compare_logits.py" --hf "$WORK/hf_type_$KIND" \
+    --megatron "$WORK/mlm_type_$KIND.pt" --tol 1e-4 --label "$KIND: "
+  TYPES_SUMMARY+=("$KIND: lm loss $LOSS, HF config $HF_ROPE, $(( $(date +%s) - t )) s")
+done
+printf '  %s\n' "${TYPES_SUMMARY[@]}"
+
 echo "== $TAG: all checks passed on $DEVICE in $(( $(date +%s) - T0 )) s (training: torch_dist ${SECONDS_OF[train_torch_dist]} s, torch ${SECONDS_OF[train_torch]} s, $ITERS iterations each)"

@@ -23,6 +23,7 @@ load and replaced on the next save.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import random
 import shutil
@@ -141,13 +142,55 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler, *,
     if optimizer is not None and save_optim:
         state["optimizer"] = optimizer.sharded_state_dict(
             model_sd, metadata=_optimizer_metadata(optimizer))
-    dist_checkpointing.save(state, tmp)
+    try:
+        dist_checkpointing.save(state, tmp)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as err:  # noqa: BLE001 - torch wraps each writer's error
+        _failed_save(root, tmp, iteration, err)
+        raise
 
     if os.environ.get(KILL_DURING_SAVE_ENV) == str(iteration):
         os.kill(os.getpid(), signal.SIGKILL)
 
     _publish(root, tmp, final, model_args, f"{iteration}\n")
     return final
+
+
+# Below this much free space after a failed save, the failure is taken for a full disk: torch's
+# zip writer reports ENOSPC as "unexpected pos N vs M", without the errno.
+_FULL_DISK_BYTES = 16 << 20
+
+
+def _disk_full(path: str, err: BaseException) -> bool:
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if "No space left on device" in str(err):
+        return True
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _FULL_DISK_BYTES
+
+
+def _failed_save(root: str, tmp: str, iteration: int, err: BaseException) -> None:
+    """A save that raised: its partial shards are removed (on a full disk they hold the space
+    the next save needs), and a full disk becomes one line saying what is kept."""
+    full = _disk_full(root, err)
+    if _rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if full:
+        kept = read_tracker(root)
+        keeps = (f"the last complete checkpoint, {iteration_dir(root, kept)}, is kept"
+                 if kept is not None else "no earlier checkpoint was complete")
+        raise publish.OutputError(
+            f"--save {root}: no space left on device while saving iteration "
+            f"{iteration} (its partial files are removed; {keeps}): free space or pass another "
+            f"--save") from err
 
 
 def _prepare(root: str, tmp: str, model_args: ModelArgs) -> None:
