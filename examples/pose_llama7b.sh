@@ -75,7 +75,8 @@ else
 fi
 
 set -x
-exec "$PYTHON" -m torch.distributed.run "${LAUNCH[@]}" -m pose_megatron.train \
+# pose_megatron.launch is torchrun (same flags) whose failed job ends in one error line.
+exec "$PYTHON" -m pose_megatron.launch "${LAUNCH[@]}" -m pose_megatron.train \
     --tensor-model-parallel-size "$TP" \
     --pipeline-model-parallel-size "$PP" \
     --context-parallel-size "$CP" \

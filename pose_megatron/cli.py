@@ -3,7 +3,9 @@
 An expected failure (a bad file, a bad flag, a full disk, a refused resume) ends the tool with
 one line ``error: ...`` on stderr that names the file or flag, and exit status 2; no traceback.
 ``--debug`` (every tool's parser has it) or ``POSE_MEGATRON_DEBUG=1`` shows the full traceback
-instead. Under torchrun only rank 0 prints; every rank exits non-zero.
+instead. Under torchrun only rank 0 prints; every rank exits non-zero, and each writes its line
+to torchrun's error file (``TORCHELASTIC_ERROR_FILE``), so torchrun's failure report names the
+error and ``python -m pose_megatron.launch`` can print the line of a failed rank other than 0.
 
 Usage in a tool::
 
@@ -30,6 +32,8 @@ from typing import Callable, Optional, Sequence
 
 DEBUG_ENV = "POSE_MEGATRON_DEBUG"
 EXIT_ERROR = 2
+# Set by torchrun for each worker; the agent reads {"message", "timestamp"} back when it fails.
+ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
 
 
 class UsageError(Exception):
@@ -96,6 +100,19 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+def _report(line: str) -> None:
+    """Rank 0 prints the error line; under torchrun every rank also records it for the agent."""
+    if _rank() == 0:
+        print(line, file=sys.stderr, flush=True)
+    path = os.environ.get(ERROR_FILE_ENV)
+    if path:
+        try:
+            with open(path, "w") as f:
+                json.dump({"message": line[len("error: "):], "timestamp": int(time.time())}, f)
+        except OSError:
+            pass  # the agent then reports the exit status alone
+
+
 @contextlib.contextmanager
 def _one_line_usage_errors():
     """argparse's own errors (a missing or malformed flag) as one line, not usage + message."""
@@ -123,9 +140,8 @@ def run(main: Callable, argv: Optional[Sequence[str]] = None, *, exit: bool = Tr
         code = result if isinstance(result, int) else 0
     except SystemExit as stop:
         if isinstance(stop.code, str):  # SystemExit("error: ...") from a check
-            if _rank() == 0:
-                text = stop.code if stop.code.startswith("error:") else f"error: {stop.code}"
-                print(text, file=sys.stderr, flush=True)
+            text = stop.code if stop.code.startswith("error:") else f"error: {stop.code}"
+            _report(text)
             code = EXIT_ERROR
         elif not exit:
             raise  # --help and the like: as argparse does
@@ -139,8 +155,7 @@ def run(main: Callable, argv: Optional[Sequence[str]] = None, *, exit: bool = Tr
     except BaseException as err:  # noqa: BLE001 - the point: one line instead of a traceback
         if debug:
             raise
-        if _rank() == 0:
-            print(f"error: {error_message(err)}", file=sys.stderr, flush=True)
+        _report(f"error: {error_message(err)}")
         code = EXIT_ERROR
     if not exit:
         return code
