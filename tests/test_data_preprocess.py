@@ -287,3 +287,48 @@ def test_stdlib_corpus_is_deterministic(tmp_path):
     first = ds[0].astype(np.int64)  # the first file is not empty: document 0 is sequence 0
     assert first[0] == tok.bos and first[-1] == tok.eod
     assert tok.detokenize(first[1:-1]) == docs[0]["text"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigkilled_run_keeps_the_old_output_and_the_next_run_cleans_up(sp_model, tmp_path):
+    """A real SIGKILL of tools/preprocess_data.py (and its workers) while it writes: the earlier
+    output under the same prefix is untouched, the dead run's temporaries are removed by the
+    next run, and that run's files equal a clean run's."""
+    import signal
+    import time
+
+    small, big = str(tmp_path / "small.jsonl"), str(tmp_path / "big.jsonl")
+    write_jsonl_texts(small, TEXTS)
+    write_jsonl_texts(big, TEXTS * 1500)
+    prefix = str(tmp_path / "out")
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--output-prefix",
+           prefix, "--tokenizer", sp_model, "--append-eod", "--workers", "2", "--block-size",
+           "20000", "--no-progress"]
+    subprocess.run(cmd + ["--input", small], check=True, capture_output=True)
+    earlier = {ext: open(f"{prefix}_text_document{ext}", "rb").read() for ext in (".bin", ".idx")}
+
+    proc = subprocess.Popen(cmd + ["--input", big], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    temps = []
+    while time.time() < deadline and proc.poll() is None:
+        temps = [f for f in os.listdir(tmp_path) if ".tmp-" in f and f.endswith(".bin")
+                 and os.path.getsize(tmp_path / f) > 0]
+        if temps:
+            break
+        time.sleep(0.05)
+    assert temps and proc.poll() is None, "the run ended before it could be killed mid-write"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(0.5)  # the workers die with the group (zombies until init reaps them)
+    assert [p for p in os.listdir("/proc") if p.isdigit() and _stat_fields(p)[2] == str(proc.pid)
+            and _stat_fields(p)[0] not in ("Z", "X", None)] == []
+    for ext, data in earlier.items():
+        assert open(f"{prefix}_text_document{ext}", "rb").read() == data
+    assert [f for f in os.listdir(tmp_path) if ".tmp-" in f]  # the dead run's leftovers
+
+    subprocess.run(cmd + ["--input", big], check=True, capture_output=True)
+    assert [f for f in os.listdir(tmp_path) if ".tmp-" in f] == []
+    clean = str(tmp_path / "clean")
+    preprocess(big, clean, sp_model, append_eod=True, workers=1, quiet=True)
+    assert read_back(f"{prefix}_text_document") == read_back(f"{clean}_text_document")
