@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from pose_megatron.model import _unwrap, enable_pose_rope
+    from pose_megatron.model import enable_pose_rope, unwrap_model
     from pose_megatron.training.arguments import parse_args as train_args
     from pose_megatron.training.loop import _data_iterator, make_forward_step, setup, train_step
 
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         trainer = setup(targs)
     device = trainer.device
     micro = [next(_data_iterator(trainer)) for _ in range(trainer.num_microbatches)]
-    inner = _unwrap(trainer.model)
+    inner = unwrap_model(trainer.model)
     pose_rotary = inner.rotary_pos_emb
     stock_rotary = RotaryEmbedding(inner.config.kv_channels, 1.0,
                                    rotary_base=targs.rotary_base or 10000.0,

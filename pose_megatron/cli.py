@@ -30,6 +30,8 @@ import sys
 import time
 from typing import Callable, Optional, Sequence
 
+from pose_megatron.startup_warnings import filter_startup_warnings
+
 DEBUG_ENV = "POSE_MEGATRON_DEBUG"
 EXIT_ERROR = 2
 # Set by torchrun for each worker; the agent reads {"message", "timestamp"} back when it fails.
@@ -131,6 +133,7 @@ def _one_line_usage_errors():
 def run(main: Callable, argv: Optional[Sequence[str]] = None, *, exit: bool = True):
     """Run ``main(argv)`` under the convention above; exits with its status unless ``exit`` is
     False (then the status is returned)."""
+    filter_startup_warnings()  # before the tool's first Megatron-Core import emits them
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     code = 0

@@ -120,8 +120,8 @@ def build_model(
     return model
 
 
-def _unwrap(model):
-    # DDP, Float16Module and friends keep the real model in `.module`.
+def unwrap_model(model):
+    """The GPTModel inside DDP, Float16Module and friends (they keep it in ``.module``)."""
     while not isinstance(model, GPTModel) and hasattr(model, "module"):
         model = model.module
     return model
@@ -151,7 +151,7 @@ def enable_pose_rope(model, args_or_rope_settings, *, rope_precision: Optional[s
         for chunk in model:
             enable_pose_rope(chunk, args_or_rope_settings, rope_precision=rope_precision)
         return model
-    inner = _unwrap(model)
+    inner = unwrap_model(model)
     if not isinstance(inner, GPTModel):
         raise TypeError(f"expected a Megatron-Core GPTModel, got {type(inner).__name__}")
     config = inner.config

@@ -8,7 +8,6 @@ checkpoint.
 import argparse
 import os
 import shutil
-import sys
 
 
 def main(argv=None) -> int:

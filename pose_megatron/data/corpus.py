@@ -22,7 +22,6 @@ import argparse
 import io
 import json
 import os
-import sys
 import sysconfig
 import time
 from typing import Dict, Iterator, List, Optional, Tuple

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from pose_megatron import publish
 from pose_megatron.convert import megatron_io
 from pose_megatron.config import CONFIG_FILENAME, ModelArgs
+from pose_megatron.model import unwrap_model
 
 # The layout is Megatron-LM's, defined once in convert/megatron_io (converter output is a checkpoint too).
 TRACKER = megatron_io.TRACKER
@@ -73,9 +74,6 @@ def _barrier():
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
-
-def _unwrap(model):
-    return getattr(model, "module", model)
 
 
 def _rng_state() -> dict:
@@ -128,7 +126,7 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler, *,
     tmp = final + ".tmp"
     _prepare(root, tmp, model_args)
 
-    model_sd = _unwrap(model).sharded_state_dict()
+    model_sd = unwrap_model(model).sharded_state_dict()
     state = {
         "model": model_sd,
         "iteration": int(iteration),
@@ -230,7 +228,7 @@ def save_release(root: str, model, model_args: ModelArgs) -> str:
     final = iteration_dir(root, "release")
     tmp = final + ".tmp"
     _prepare(root, tmp, model_args)
-    dist_checkpointing.save({"model": _unwrap(model).sharded_state_dict()}, tmp)
+    dist_checkpointing.save({"model": unwrap_model(model).sharded_state_dict()}, tmp)
     _publish(root, tmp, final, model_args, "release\n")
     return final
 
@@ -330,7 +328,7 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, *,
     saved = saved or inspect_checkpoint(root)
     path = saved.path
     release = saved.release or finetune
-    model_sd = _unwrap(model).sharded_state_dict()
+    model_sd = unwrap_model(model).sharded_state_dict()
     request = {"model": model_sd}
     if not release:
         request["rng_state"] = _sharded_rng(_rng_state())
@@ -338,7 +336,7 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, *,
             request["optimizer"] = optimizer.sharded_state_dict(
                 model_sd, is_loading=True, metadata=_optimizer_metadata(optimizer))
     state = megatron_io.read_or_fail(lambda: dist_checkpointing.load(request, path), path)
-    _unwrap(model).load_state_dict(state["model"])
+    unwrap_model(model).load_state_dict(state["model"])
     if release:
         return {"iteration": 0, "consumed_train_samples": 0, "release": True,
                 "optimizer": False}

@@ -1,8 +1,8 @@
 """What a training run checks and says before its first step.
 
-* ``filter_startup_warnings``: the start-up warnings a user cannot act on, silenced in one place
-  (``UNACTIONABLE_WARNINGS`` says which and why). The implementation path they would announce
-  is named once, in the settings line instead.
+* ``filter_startup_warnings`` (defined in ``pose_megatron.startup_warnings``): the start-up
+  warnings a user cannot act on, silenced; the implementation path they would announce is named
+  once, in the settings line instead.
 * ``check_before_start``: refusals that need only the flags and the checkpoint's
   pose_model.json, made before the process group and Megatron-Core start (seconds, not the
   ~20 s to a rank's traceback): a PoSE target inside the model's window with a RoPE scaling that
@@ -13,38 +13,15 @@
 from __future__ import annotations
 
 import os
-import warnings
 from types import SimpleNamespace
 from typing import Optional
 
+from pose_megatron import startup_warnings
 from pose_megatron.config import ModelArgs
 
-#: (message regex, category, why the user cannot act on it). Filtered by message, so a warning
-#: of the same module that says something else still shows.
-UNACTIONABLE_WARNINGS = (
-    (r"Transformer Engine and Apex are not installed", UserWarning,
-     "Megatron-Core's optimizer, grad clipping and FSDP modules fall back to their torch "
-     "implementations on a machine without TE/apex (every CPU machine); the settings line says "
-     "which layer implementation runs"),
-    (r"Apex is not installed\. Falling back to Torch Norm", UserWarning,
-     "the same fallback for RMSNorm, announced by two modules"),
-    (r"full scope is deprecated", UserWarning,
-     "raised by Megatron-Core 0.16's own TransformerConfig default (cuda_graph_scope='full'); "
-     "no flag of this tool sets it, and CUDA graphs are not used"),
-    (r"`load_state_dict` is deprecated and will be removed", FutureWarning,
-     "torch.distributed.checkpoint's deprecation of the call Megatron-Core's checkpoint loader "
-     "makes (--load); only a Megatron-Core release can change it"),
-    (r"Please use DTensor instead and we are deprecating ShardedTensor", FutureWarning,
-     "torch's deprecation of ShardedTensor, which Megatron-Core's torch_dist format is built "
-     "on (--load); the same"),
-)
-# Kept on purpose: Megatron's "pad token id ... collides with another special token id" (it is
-# about the user's tokenizer, and says what changes), and every warning not listed.
-
-
-def filter_startup_warnings() -> None:
-    for message, category, _why in UNACTIONABLE_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
+# One table and filter for every tool (re-exported: the training entry applies it first).
+UNACTIONABLE_WARNINGS = startup_warnings.UNACTIONABLE_WARNINGS
+filter_startup_warnings = startup_warnings.filter_startup_warnings
 
 
 # ----------------------------------------------------------------------------- checks
