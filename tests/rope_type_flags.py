@@ -26,4 +26,4 @@ ROPE_FLAGS = {
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in ROPE_FLAGS:
         sys.exit(f"usage: python -m tests.rope_type_flags {{{','.join(ROPE_FLAGS)}}}")
-    print("\n".join(ROPE_FLAGS[sys.argv[1]]))
+    sys.stdout.write("".join(flag + "\n" for flag in ROPE_FLAGS[sys.argv[1]]))
