@@ -91,6 +91,13 @@ def resolve_iteration_dir(ckpt_dir: str, iteration: Optional[int] = None) -> str
         return ckpt_dir
     if iteration is None:
         iteration = bridge.tracker_iteration(ckpt_dir)
+        if iteration is not None and os.path.isfile(os.path.join(ckpt_dir, TRACKER)):
+            with open(os.path.join(ckpt_dir, TRACKER)) as f:
+                text = f.read().strip()
+            if text != str(iteration):  # Bridge writes both; a later job updated only one
+                raise ValueError(
+                    f"{ckpt_dir}: {bridge.TRAIN_STATE_TRACKER} names iteration {iteration}, "
+                    f"{TRACKER} {text!r}: pass --iteration to choose")
     if iteration is None:
         tracker = os.path.join(ckpt_dir, TRACKER)
         if not os.path.isfile(tracker):
@@ -117,23 +124,30 @@ def write_tracker(ckpt_dir: str, iteration: Optional[int]) -> None:
 
 
 def load_sharded(request: dict, path: str, *, validate_access_integrity: bool = True) -> dict:
-    """dist_checkpointing.load of ``request`` (ShardedTensors, nested), failures naming ``path``.
+    """dist_checkpointing.load of ``request`` (no ShardedObjects), failures naming ``path``.
 
     Megatron-Core 0.19 (what Megatron-Bridge saves with) keeps a checkpoint's common state
-    inside its .distcp files, without common.pt; Megatron-Core 0.16's ``load`` reads common.pt
-    first and fails. The tensors are plain torch.distributed.checkpoint data either way, so
-    where there is no common.pt the request is loaded by the torch_dist strategy directly (the
-    step of ``load`` that reads tensors), whichever Megatron-Core is installed.
+    inside its .distcp files, without common.pt, and its ``load`` reads it there. Megatron-Core
+    0.16's ``load`` reads common.pt first and fails; the tensors themselves are plain
+    torch.distributed.checkpoint data that it reads like any other, so there it is handed a
+    common strategy that reads nothing (the requests here hold tensors only).
     """
-    from pathlib import Path
+    import inspect
 
     from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.strategies.torch import TorchDistLoadShardedStrategy
 
-    if os.path.isfile(os.path.join(path, "common.pt")):
-        return read_or_fail(lambda: dist_checkpointing.load(
-            request, path, validate_access_integrity=validate_access_integrity), path)
-    return read_or_fail(lambda: TorchDistLoadShardedStrategy().load(request, Path(path)), path)
+    kwargs = {}
+    if (not os.path.isfile(os.path.join(path, "common.pt"))
+            and "common_strategy" in inspect.signature(dist_checkpointing.load).parameters):
+        from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
+
+        class _NoCommonState(TorchCommonLoadStrategy):
+            def load_common(self, checkpoint_dir):
+                return {}
+
+        kwargs["common_strategy"] = _NoCommonState()
+    return read_or_fail(lambda: dist_checkpointing.load(
+        request, path, validate_access_integrity=validate_access_integrity, **kwargs), path)
 
 
 def checkpoint_format(path: str) -> str:
