@@ -236,3 +236,24 @@ def test_real_bridge_check(tmp_path):
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[bridge-check] OK" in proc.stdout
+
+
+@pytest.mark.parametrize("family, extra", [
+    ("llama3_untied", dict(rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192}, max_position_embeddings=131072)),
+    ("llama2", dict(rope_scaling={"rope_type": "linear", "factor": 4.0})),
+    ("qwen2", {}),
+    ("llama3_tied", dict(rope_scaling=None)),
+])
+def test_run_config_we_write_reads_back_as_the_same_model(tmp_path, family, extra):
+    from pose_megatron.convert import hf_config
+    from pose_megatron.convert.megatron_lm_args import disagreements
+    from tests.test_convert_fixtures import make_hf_model
+
+    args = hf_config.args_from_hf_config(make_hf_model(family, **extra).config.to_dict(),
+                                         "config.json")
+    bridge.write_metadata(str(tmp_path), str(tmp_path), args, 0)
+    back = bridge.model_args_from_run_config(str(tmp_path))
+    assert not disagreements(args, back)
+    assert (back.family, back.tie_word_embeddings) == (args.family, args.tie_word_embeddings)
