@@ -118,18 +118,15 @@ def test_unconvertible_run_config_is_refused_naming_file_and_field(tmp_path, fie
         str(err.value)
 
 
-def test_rope_scaling_of_run_config():
-    for fields, want in (
-            (dict(rope_scaling=True, rope_scaling_factor=8.0),
-             {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
-            (dict(seq_len_interpolation_factor=4.0), {"rope_type": "linear", "factor": 4.0})):
-        import tempfile
-        import pathlib
-
-        with tempfile.TemporaryDirectory() as d:
-            args = bridge.model_args_from_run_config(_edited_run_config(pathlib.Path(d), **fields))
-        assert args.rope_scaling == want
+@pytest.mark.parametrize("fields, want", [
+    (dict(rope_scaling=True, rope_scaling_factor=8.0),
+     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192}),
+    (dict(seq_len_interpolation_factor=4.0), {"rope_type": "linear", "factor": 4.0}),
+])
+def test_rope_scaling_of_run_config(tmp_path, fields, want):
+    args = bridge.model_args_from_run_config(_edited_run_config(tmp_path, **fields))
+    assert args.rope_scaling == want
 
 
 def _convert_body(rank, world, root):
@@ -137,8 +134,8 @@ def _convert_body(rank, world, root):
     from pose_megatron.convert import hf_to_megatron, megatron_to_hf
 
     out = {}
-    for tag, src in (("top", BRIDGE_CKPT), ("iter", BRIDGE_ITER)):
-        megatron_to_hf(src, os.path.join(root, f"from_bridge_{tag}"), progress=False)
+    # given the iteration directory (the top one is resolved to it, see above)
+    megatron_to_hf(BRIDGE_ITER, os.path.join(root, "from_bridge_iter"), progress=False)
     # ours, written in Bridge's layout, read back by ours
     hf_to_megatron(HF, os.path.join(root, "ours_bridge"), layout="bridge", progress=False)
     megatron_to_hf(os.path.join(root, "ours_bridge"), os.path.join(root, "ours_back"),
@@ -162,14 +159,14 @@ def converted(tmp_path_factory):
 def test_bridge_checkpoint_converts_to_hf_with_its_logits(converted):
     root, got = converted
     want = _hf_logits(HF)
-    for name in ("from_bridge_top", "from_bridge_iter", "ours_back"):
+    for name in ("from_bridge_iter", "ours_back"):
         diff = (_hf_logits(str(root / name)) - want).abs().max().item()
         assert diff <= 1e-4, (name, diff)
     for tag in ("load_bridge", "load_ours"):  # load_megatron_model reads both layouts too
         diff = (got[tag] - want).abs().max().item()
         assert diff <= 1e-4, (tag, diff)
     # Bridge keeps the tokenizer in its iteration directory: it comes along
-    assert (root / "from_bridge_top" / "tokenizer.json").is_file()
+    assert (root / "from_bridge_iter" / "tokenizer.json").is_file()
 
 
 def test_layout_bridge_writes_what_bridge_wrote(converted):
