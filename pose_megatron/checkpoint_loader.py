@@ -1,4 +1,4 @@
-"""Load a pose_megatron checkpoint (converter or training output) as the plugin's GPTModel.
+"""Load a Megatron checkpoint (ours, Megatron-LM's or Megatron-Bridge's) as the plugin's GPTModel.
 
 For inference and evaluation: one call gives the model of this process's rank, whatever TP/PP
 the checkpoint was written at. On a bare process it starts a one-process gloo group itself; in a
@@ -27,7 +27,6 @@ def _resolve_dtype(dtype, args: ModelArgs) -> torch.dtype:
 
 
 def _load_dist(model, path: str) -> None:
-    from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing import ShardedObject
 
     # _extra_state holds no weights (None for the local spec, FP8 metadata for TE); leaving it
@@ -35,7 +34,7 @@ def _load_dist(model, path: str) -> None:
     request = {k: v for k, v in model.sharded_state_dict().items()
                if not isinstance(v, ShardedObject)}
     # the same top-level layout as Megatron-LM's checkpoints ({"model": ..., "iteration": ...})
-    loaded = dist_checkpointing.load({"model": request}, path)
+    loaded = megatron_io.load_sharded({"model": request}, path)
     _apply(model, loaded["model"], path)
 
 
@@ -77,8 +76,9 @@ def load_megatron_model(
     from pose_megatron.model import build_model
 
     path = megatron_io.resolve_iteration_dir(ckpt_dir, iteration)
-    args = megatron_io.model_args_of(ckpt_dir, path)
     fmt = megatron_io.checkpoint_format(path)
+    # pose_model.json, else a Megatron-Bridge run_config.yaml or Megatron-LM's saved args
+    args = megatron_io.checkpoint_model_args(ckpt_dir, path, fmt)
     params_dtype = _resolve_dtype(dtype, args)
     if not ps.model_parallel_is_initialized():
         parallel.initialize(1, 1, device=device)

@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", choices=("local", "te"), default="local",
                    help="legacy format only: state-dict names of Megatron's local spec "
                         "(input_layernorm) or Transformer Engine spec (fused layer_norm_weight)")
+    p.add_argument("--layout", choices=("megatron", "bridge"), default="megatron",
+                   help="megatron: release/ and latest_checkpointed_iteration.txt (Megatron-LM's "
+                        "--load); bridge: iter_0000000/ with run_config.yaml and "
+                        "latest_train_state.pt besides, which Megatron-Bridge's "
+                        "AutoBridge.load_megatron_model also loads (torch_dist only; "
+                        "docs/bridge.md)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory (or sentencepiece .model file) to copy (default: --hf-dir's)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
@@ -60,7 +66,7 @@ def convert(argv) -> int:
     args = hf_to_megatron(
         opts.hf_dir, opts.out, tp=opts.tp, pp=opts.pp, dtype=opts.dtype, fmt=opts.format,
         spec=opts.spec, force=opts.force, tokenizer=opts.tokenizer,
-        progress=not opts.no_progress)
+        progress=not opts.no_progress, layout=opts.layout)
     print(f"wrote {opts.out}: {args.family}, {args.num_layers} layers, hidden {args.hidden_size}, "
           f"rope {args.rope_scaling or 'default'} theta {args.rope_theta}, {args.torch_dtype}")
     return 0

@@ -10,9 +10,10 @@ from typing import Optional
 
 from pose_megatron import publish
 from pose_megatron.config import ModelArgs
-from pose_megatron.convert import hf_config, hf_io, megatron_io, weights
+from pose_megatron.convert import bridge, hf_config, hf_io, megatron_io, weights
 
 TOKENIZER_SUBDIR = "tokenizer"
+LAYOUTS = ("megatron", "bridge")
 
 
 def _progress_bar(total_bytes: int, desc: str, enabled: bool):
@@ -64,10 +65,17 @@ def check_tokenizer_source(tokenizer: Optional[str]) -> None:
 def hf_to_megatron(
     hf_dir: str, out: str, *, tp: int = 1, pp: int = 1, dtype: Optional[str] = None,
     fmt: str = "torch_dist", spec: str = "local", force: bool = False,
-    tokenizer: Optional[str] = None, progress: bool = True,
+    tokenizer: Optional[str] = None, progress: bool = True, layout: str = "megatron",
 ) -> ModelArgs:
+    """HF directory -> Megatron checkpoint. ``layout="bridge"`` writes the weights under
+    ``iter_0000000/`` with the files Megatron-Bridge's loader reads (``convert.bridge``)."""
     if fmt not in megatron_io.FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {megatron_io.FORMATS}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout {layout!r}: expected one of {LAYOUTS}")
+    if layout == "bridge" and fmt != "torch_dist":
+        raise ValueError("--layout bridge: Megatron-Bridge loads torch_dist checkpoints only "
+                         "(drop --format legacy)")
     if spec not in weights.SPECS:
         raise ValueError(f"--spec {spec!r}: expected one of {weights.SPECS}")
     check_tokenizer_source(tokenizer)
@@ -85,6 +93,8 @@ def hf_to_megatron(
         raise ValueError(f"{config_path}: {err}") from None
     weights.check_parallel(args, tp, pp)
     _check_hf_shapes(hf, args)
+    if layout == "bridge":
+        bridge.provider_fields(args)  # refuses a RoPE Bridge cannot compute, before writing
     stored = hf.dtype("model.embed_tokens.weight")
     if dtype is not None and dtype not in megatron_io.DTYPES:
         raise ValueError(f"--dtype {dtype!r}: expected one of bf16, fp16, fp32")
@@ -103,21 +113,28 @@ def hf_to_megatron(
     with publish.publish_dir(out, force=force,
                              inputs={"--hf-dir": hf_dir, "--tokenizer": tokenizer}) as tmp:
         args.save(tmp)
-        path = os.path.join(tmp, megatron_io.iteration_dir(None))
+        # Megatron-LM's converters label converted weights "release"; Bridge's loader only
+        # looks for iter_* directories, and its import saves step 0
+        iteration = 0 if layout == "bridge" else None
+        path = os.path.join(tmp, megatron_io.iteration_dir(iteration))
         if fmt == "legacy":
             megatron_io.write_legacy(path, args, get_global, tp, pp, spec=spec, progress=step)
         else:
             megatron_io.write_dist(path, args, get_pieces, target, progress=step)
         args.save(path)  # the settings of these weights, beside them (see checkpointing)
-        megatron_io.write_tracker(tmp, None)
+        megatron_io.write_tracker(tmp, iteration)
         tok_dir = os.path.join(tmp, TOKENIZER_SUBDIR)
         os.makedirs(tok_dir)
         # the HF dir's own tokenizer travels with the checkpoint unless another is named
-        if not hf_io.copy_tokenizer(tokenizer or hf_dir, tok_dir):
+        copied = hf_io.copy_tokenizer(tokenizer or hf_dir, tok_dir)
+        if not copied:
             os.rmdir(tok_dir)
+        if layout == "bridge":  # Bridge records its tokenizer by absolute path, as here
+            bridge.write_metadata(tmp, path, args, 0, tokenizer_dir=os.path.join(
+                os.path.abspath(out), TOKENIZER_SUBDIR) if copied else None)
         with open(os.path.join(tmp, "conversion.json"), "w") as f:
             json.dump({"source": os.path.abspath(hf_dir), "format": fmt, "tp": tp, "pp": pp,
-                       "spec": spec, "dtype": args.torch_dtype}, f, indent=2)
+                       "spec": spec, "dtype": args.torch_dtype, "layout": layout}, f, indent=2)
     bar.close()
     hf.close()
     return args
@@ -158,8 +175,12 @@ def megatron_to_hf(
             reader.close()
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
-        tok_src = tokenizer or os.path.join(megatron_dir, TOKENIZER_SUBDIR)
-        if tokenizer or os.path.isdir(tok_src):
+        # ours keep it at the top, Megatron-Bridge's in the iteration directory
+        tok_src = tokenizer or next(
+            (d for d in (os.path.join(megatron_dir, TOKENIZER_SUBDIR),
+                         os.path.join(megatron_io.resolve_iteration_dir(megatron_dir, iteration),
+                                      TOKENIZER_SUBDIR)) if os.path.isdir(d)), None)
+        if tok_src is not None:
             hf_io.copy_tokenizer(tok_src, tmp)
     bar.close()
     return args

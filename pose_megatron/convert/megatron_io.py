@@ -30,7 +30,7 @@ import torch
 
 from pose_megatron import publish
 from pose_megatron.config import CONFIG_FILENAME, ModelArgs
-from pose_megatron.convert import weights
+from pose_megatron.convert import bridge, weights
 from pose_megatron.convert.megatron_lm_args import (disagreements, megatron_lm_args,
                                                     model_args_from_megatron_lm)
 
@@ -81,11 +81,29 @@ def iteration_dir(iteration: Optional[int]) -> str:
 
 
 def resolve_iteration_dir(ckpt_dir: str, iteration: Optional[int] = None) -> str:
-    """The directory holding the weights: the tracker's iteration unless one is given."""
+    """The directory holding the weights: the tracker's iteration unless one is given.
+
+    Megatron-Bridge checkpoints (``bridge``) are found as Bridge's loader finds them: an
+    iteration directory given directly (it holds run_config.yaml), else the step of
+    latest_train_state.pt, before Megatron-LM's tracker.
+    """
+    if iteration is None and bridge.has_run_config(ckpt_dir):
+        return ckpt_dir
+    if iteration is None:
+        iteration = bridge.tracker_iteration(ckpt_dir)
+        if iteration is not None and os.path.isfile(os.path.join(ckpt_dir, TRACKER)):
+            with open(os.path.join(ckpt_dir, TRACKER)) as f:
+                text = f.read().strip()
+            if text != str(iteration):  # Bridge writes both; a later job updated only one
+                raise ValueError(
+                    f"{ckpt_dir}: {bridge.TRAIN_STATE_TRACKER} names iteration {iteration}, "
+                    f"{TRACKER} {text!r}: pass --iteration to choose")
     if iteration is None:
         tracker = os.path.join(ckpt_dir, TRACKER)
         if not os.path.isfile(tracker):
-            raise FileNotFoundError(f"{tracker} not found: {ckpt_dir} is not a Megatron checkpoint")
+            raise FileNotFoundError(
+                f"{tracker} not found: {ckpt_dir} is not a Megatron checkpoint (nor a "
+                f"Megatron-Bridge one: no {bridge.TRAIN_STATE_TRACKER} or {bridge.RUN_CONFIG})")
         with open(tracker) as f:
             text = f.read().strip()
         if text != "release" and not text.isdigit():
@@ -95,13 +113,41 @@ def resolve_iteration_dir(ckpt_dir: str, iteration: Optional[int] = None) -> str
         sub = iteration_dir(iteration)
     path = os.path.join(ckpt_dir, sub)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path} not found (named by {TRACKER} or --iteration)")
+        raise FileNotFoundError(f"{path} not found (named by {TRACKER}, "
+                                f"{bridge.TRAIN_STATE_TRACKER} or --iteration)")
     return path
 
 
 def write_tracker(ckpt_dir: str, iteration: Optional[int]) -> None:
     publish.write_text(os.path.join(ckpt_dir, TRACKER),
                        "release" if iteration is None else str(iteration))
+
+
+def load_sharded(request: dict, path: str, *, validate_access_integrity: bool = True) -> dict:
+    """dist_checkpointing.load of ``request`` (no ShardedObjects), failures naming ``path``.
+
+    Megatron-Core 0.19 (what Megatron-Bridge saves with) keeps a checkpoint's common state
+    inside its .distcp files, without common.pt, and its ``load`` reads it there. Megatron-Core
+    0.16's ``load`` reads common.pt first and fails; the tensors themselves are plain
+    torch.distributed.checkpoint data that it reads like any other, so there it is handed a
+    common strategy that reads nothing (the requests here hold tensors only).
+    """
+    import inspect
+
+    from megatron.core import dist_checkpointing
+
+    kwargs = {}
+    if (not os.path.isfile(os.path.join(path, "common.pt"))
+            and "common_strategy" in inspect.signature(dist_checkpointing.load).parameters):
+        from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
+
+        class _NoCommonState(TorchCommonLoadStrategy):
+            def load_common(self, checkpoint_dir):
+                return {}
+
+        kwargs["common_strategy"] = _NoCommonState()
+    return read_or_fail(lambda: dist_checkpointing.load(
+        request, path, validate_access_integrity=validate_access_integrity, **kwargs), path)
 
 
 def checkpoint_format(path: str) -> str:
@@ -407,7 +453,6 @@ class DistReader:
         self._rest = None
 
     def _load(self, keys, group: Optional[int] = None) -> Dict[str, torch.Tensor]:
-        from megatron.core import dist_checkpointing
         from megatron.core.dist_checkpointing import ShardedTensor
 
         # every rank of a running group reads whole tensors: rank 0 is the main replica
@@ -425,8 +470,7 @@ class DistReader:
                     replica_id=replica)
         # A group is deliberately a part of each stacked tensor; Megatron's access check is for
         # a job loading whole tensors across its ranks.
-        return read_or_fail(lambda: dist_checkpointing.load(
-            request, self.path, validate_access_integrity=group is None), self.path)
+        return load_sharded(request, self.path, validate_access_integrity=group is None)
 
     def get(self, name: str) -> torch.Tensor:
         m = re.match(r"^decoder\.layers\.(\d+)\.(.+)$", name)
@@ -485,6 +529,14 @@ def checkpoint_model_args(ckpt_dir: str, path: str, fmt: str) -> ModelArgs:
     described = (model_args_of(ckpt_dir, path)
                  if any(os.path.isfile(os.path.join(d, CONFIG_FILENAME)) for d in (path, ckpt_dir))
                  else None)
+    if bridge.has_run_config(path):  # Megatron-Bridge: the model is its run_config.yaml's
+        saved = bridge.model_args_from_run_config(path)
+        diffs = disagreements(described, saved) if described is not None else []
+        if diffs:
+            raise ValueError(
+                f"{ckpt_dir}: its {CONFIG_FILENAME} disagrees with "
+                f"{os.path.join(path, bridge.RUN_CONFIG)} ({'; '.join(diffs)}); remove one")
+        return described or saved
     common = checkpoint_common_args(path, fmt)
     trained = model_args_from_megatron_lm(common) if isinstance(common, argparse.Namespace) \
         else None
@@ -506,7 +558,8 @@ def checkpoint_model_args(ckpt_dir: str, path: str, fmt: str) -> ModelArgs:
 def open_checkpoint(ckpt_dir: str, iteration: Optional[int] = None):
     """(ModelArgs, reader with .get(global_name), format) of a Megatron checkpoint.
 
-    pose_megatron's own and converted checkpoints, and those of Megatron-LM's ``pretrain()``.
+    pose_megatron's own and converted checkpoints, those of Megatron-LM's ``pretrain()`` and
+    of Megatron-Bridge (the top directory or one ``iter_*`` directory).
     """
     path = resolve_iteration_dir(ckpt_dir, iteration)
     fmt = checkpoint_format(path)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Build .venv-bridge: Megatron-Bridge 0.6.2 on the CPU, for tools/check_bridge.sh only.
+#
+# Bridge 0.6.2 declares Python >= 3.12 and a CUDA stack (Transformer Engine, flashinfer, ...).
+# What it needs to import and to convert a LLaMA on the CPU was found by running it: the list
+# below is that and nothing more. Python 3.11 (the local CPU torch wheel is cp311), so Bridge,
+# megatron-core 0.19.2 and nvidia-modelopt go in with --ignore-requires-python --no-deps;
+# tools/bridge/cpu_shim.py supplies typing.override (3.12) and a stand-in for the one
+# Transformer Engine import Bridge makes unconditionally. torch is installed first and pinned in
+# every later call, so nothing can pull the CUDA build.
+#   VENV=.venv-bridge PYTHON=python3.11 bash tools/bridge/setup_bridge_env.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-python3.11}
+VENV=${VENV:-.venv-bridge}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+stamp="$VENV/.bridge_installed"
+want="$(sha1sum tools/bridge/setup_bridge_env.sh | cut -c1-16) $TORCH_SPEC"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | grep -v -e "^WARNING: Location" -e "requires .*, which is not installed" -e "dependency resolver does not" || true; }
+echo "[bridge-env] $TORCH_SPEC"
+pip install -q "$TORCH_SPEC"
+echo "[bridge-env] megatron-core 0.19.2, megatron-bridge 0.6.2, nvidia-modelopt 0.47.0 (--no-deps)"
+pip install -q --ignore-requires-python --no-deps "megatron-core==0.19.2" "megatron-bridge==0.6.2" \
+  "nvidia-modelopt==0.47.0"
+echo "[bridge-env] the packages Bridge imports for a LLaMA conversion"
+# transformers: Bridge 0.6.2 pins <=5.12.1 (5.24 lacks modeling_attn_mask_utils it imports);
+# triton: megatron-core 0.19; modelopt: scipy, pulp, requests, nvidia-ml-py; Bridge's data and
+# training modules: megatron-energon, datasets, tensorboard, omegaconf, hydra-core.
+pip install -q "$TORCH_SPEC" "transformers==5.12.1" safetensors numpy "packaging>=24.2" pyyaml \
+  "omegaconf>=2.3" "hydra-core>=1.3.4,<1.4" tqdm rich six regex einops accelerate sentencepiece \
+  psutil pybind11 triton requests pulp scipy nvidia-ml-py "megatron-energon==7.4.1" \
+  "datasets>=2.20.0" "tensorboard>=2.19.0" pytest
+"$VENV/bin/python" - <<'PY'
+import sys
+sys.path.insert(0, "tools/bridge")
+import cpu_shim
+cpu_shim.install()
+import torch, transformers
+from megatron.bridge import AutoBridge  # noqa: F401
+import megatron.bridge.training.model_load_save  # noqa: F401
+from importlib.metadata import version
+print(f"[bridge-env] torch {torch.__version__} (cuda={torch.cuda.is_available()}), megatron-core "
+      f"{version('megatron-core')}, megatron-bridge {version('megatron-bridge')}, "
+      f"transformers {transformers.__version__}")
+PY
+echo "$want" > "$stamp"
