@@ -26,6 +26,14 @@ Not private by name, but marked ``@internal_api`` by Megatron-Core:
     sequence length only, which is why position ids are bound beforehand (Megatron-LM issue #453,
     docs/upstream_rope_position_ids.md). Its signature is checked by the tests below.
 
+Public, but used for a difference between releases:
+
+``megatron.core.dist_checkpointing.strategies.common.TorchCommonLoadStrategy``
+    Subclassed by ``convert.megatron_io.load_sharded`` on 0.16 only, to read tensors of a
+    checkpoint saved by 0.19 (Megatron-Bridge saves with it): 0.19 keeps the common state inside
+    the .distcp files and writes no common.pt, which 0.16's ``load`` reads first. The subclass
+    reads no common state; ``load``'s ``common_strategy`` argument is the documented way in.
+
 The version range below is the one these names were checked in (0.16.1 and 0.19.2 are tested:
 ``tests/test_megatron_compat.py``). Outside it, each helper fails with one clear error instead of
 patching something that may have changed meaning.
