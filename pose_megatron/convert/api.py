@@ -178,8 +178,7 @@ def megatron_to_hf(
         # ours keep it at the top, Megatron-Bridge's in the iteration directory
         tok_src = tokenizer or next(
             (d for d in (os.path.join(megatron_dir, TOKENIZER_SUBDIR),
-                         os.path.join(megatron_io.resolve_iteration_dir(megatron_dir, iteration),
-                                      TOKENIZER_SUBDIR)) if os.path.isdir(d)), None)
+                         os.path.join(reader.path, TOKENIZER_SUBDIR)) if os.path.isdir(d)), None)
         if tok_src is not None:
             hf_io.copy_tokenizer(tok_src, tmp)
     bar.close()

@@ -204,8 +204,7 @@ def provider_fields(args: ModelArgs) -> dict:
             f"--layout bridge: RoPE {kind!r} ({scaling}) has no Megatron-Bridge GPTModelProvider "
             "equivalent (it has plain, LLaMA 3.1 with Megatron's constants, and linear); "
             "Bridge would load the weights with another RoPE. Use --layout megatron")
-    dtype = {"float32": "torch.float32", "bfloat16": "torch.bfloat16",
-             "float16": "torch.float16"}[args.torch_dtype]
+    dtype = {ours: theirs for theirs, ours in _DTYPES.items()}[args.torch_dtype]
     return {
         "_target_": PROVIDER_TARGET,
         "num_layers": args.num_layers, "hidden_size": args.hidden_size,

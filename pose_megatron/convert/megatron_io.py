@@ -219,7 +219,7 @@ class LegacyReader:
     """Global tensors of a legacy checkpoint, TP shards merged as they are asked for."""
 
     def __init__(self, path: str, args: ModelArgs):
-        self.args = args
+        self.path, self.args = path, args  # the iteration directory, as DistReader's
         ranks = {}
         for name in os.listdir(path):
             m = _RANK_DIR.match(name)
