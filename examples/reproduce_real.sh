@@ -5,10 +5,16 @@
 # what it shows: docs/results.md ("A real model").
 #
 #   bash examples/reproduce_real.sh                 # into runs/reproduce_real/
-#   STEPS=20 PK_TRIALS=5 bash examples/reproduce_real.sh
+#   TRAIN_MINUTES=10 PK_TRIALS=5 bash examples/reproduce_real.sh
 #
-# The learning rate is constant after warm-up (and the decay horizon fixed), so a later run with a
-# larger STEPS continues the same schedule from the last checkpoint.
+# Training runs for TRAIN_MINUTES of training steps in all (default 60, counted from the step log
+# across reruns; --exit-duration-in-mins ends each run with a checkpoint) or STEPS steps, whichever
+# comes first. The learning rate is constant after warm-up (and the decay horizon fixed), so a
+# later run with a larger budget continues the same schedule from the last checkpoint.
+#
+# Parallel evaluation: SKIP_TRAIN=1 EVAL_METHODS="base yarn_only" runs only those models' evaluation
+# (they need no training), so a second copy can evaluate them beside the training run.
+# TRAIN_THREADS / EVAL_THREADS set the CPU threads of each (default 2 / 1).
 #
 # Every stage skips what is already done (a finished file or checkpoint), and training resumes
 # from its latest checkpoint, so the script can be killed and rerun. Run it from a copy if you
@@ -20,7 +26,8 @@
 #      held out:  /usr/share/common-licenses (GPL, LGPL, GFDL, Apache, MPL, Artistic, ...) and
 #                 Python's LICENSE.txt, joined in a fixed order into one long document;
 # 3. PoSE training (scheme reference, 2 chunks, train window 2048, target 32768, YaRN factor 4 on
-#    the original 8192), STEPS steps, a checkpoint every SAVE_EVERY steps;
+#    the original 8192), the paper's lr 2e-5 with 10 warm-up steps, TRAIN_MINUTES or STEPS,
+#    a checkpoint every SAVE_EVERY steps;
 # 4. the trained model exported to HF (the eval tools run HF's SDPA attention, whose memory at 16k
 #    a CPU can hold);
 # 5. for each length (ascending) and each model: perplexity of the held-out document's first L
@@ -30,15 +37,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/reproduce_real}
-STEPS=${STEPS:-100}
-SAVE_EVERY=${SAVE_EVERY:-5}
+STEPS=${STEPS:-1000}
+TRAIN_MINUTES=${TRAIN_MINUTES:-60}
+SAVE_EVERY=${SAVE_EVERY:-10}
+SKIP_TRAIN=${SKIP_TRAIN:-}
+EVAL_METHODS=${EVAL_METHODS:-"base yarn_only pose_yarn"}
+TRAIN_THREADS=${TRAIN_THREADS:-2}
+EVAL_THREADS=${EVAL_THREADS:-1}
 LENGTHS=${LENGTHS:-"2048 8192 12288 16384"}
 PK_TRIALS=${PK_TRIALS:-5}
 TRAIN_LEN=2048
 TARGET=32768
 ORIGINAL=8192
 FACTOR=$((TARGET / ORIGINAL))
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$OUT"/{data,ckpt,logs,results}
 
 echo "== 1. model"
@@ -103,30 +114,38 @@ EOF
   --input "$OUT/data/train.jsonl" --output-prefix "$OUT/data/train" \
   --tokenizer "$OUT/hf/base" --append-eod
 
-echo "== 3. PoSE training: window $TRAIN_LEN -> target $TARGET, yarn x$FACTOR, $STEPS steps"
+echo "== 3. PoSE training: window $TRAIN_LEN -> target $TARGET, yarn x$FACTOR, $TRAIN_MINUTES min or $STEPS steps"
 LOAD="$OUT/ckpt/base"
 if [ -f "$OUT/ckpt/pose_yarn/latest_checkpointed_iteration.txt" ]; then
   LOAD="$OUT/ckpt/pose_yarn"  # resume: weights, optimizer, schedule, data position
 fi
 DONE=$(cat "$OUT/ckpt/pose_yarn/latest_checkpointed_iteration.txt" 2>/dev/null || echo 0)
-if [ "$DONE" != "$STEPS" ]; then
-  /usr/bin/time -f '{"seconds": %e, "max_rss_kb": %M}' -a -o "$OUT/logs/pose_yarn.time" \
+# minutes of steps already logged (steps redone after a kill count twice: the budget errs short)
+LEFT=$($PY -c "import json, os, sys; p = sys.argv[1]; \
+spent = sum(json.loads(l)['step_time_s'] for l in open(p)) / 60 if os.path.exists(p) else 0; \
+print(f'{float(sys.argv[2]) - spent:.2f}')" "$OUT/logs/pose_yarn.jsonl" "$TRAIN_MINUTES")
+if [ -z "$SKIP_TRAIN" ] && [ "$DONE" != "$STEPS" ] && \
+   { [ "$DONE" = 0 ] || $PY -c "import sys; sys.exit(float(sys.argv[1]) < 0.5)" "$LEFT"; }; then
+  OMP_NUM_THREADS=$TRAIN_THREADS /usr/bin/time -f '{"seconds": %e, "max_rss_kb": %M}' -a \
+    -o "$OUT/logs/pose_yarn.time" \
     $PY -m pose_megatron.train --device cpu --load "$LOAD" \
       --data-path "$OUT/data/train_text_document" --tokenizer-model "$OUT/hf/base" \
       --pose-train-len $TRAIN_LEN --pose-target-len $TARGET --rope-scaling-type yarn \
       --micro-batch-size 1 --global-batch-size 1 --train-iters "$STEPS" --lr 2e-5 \
-      --lr-warmup-iters 2 --lr-decay-style constant --lr-decay-iters 100000 --weight-decay 0.0 \
-      --save "$OUT/ckpt/pose_yarn" --save-interval "$SAVE_EVERY" \
+      --lr-warmup-iters 10 --lr-decay-style constant --lr-decay-iters 100000 --weight-decay 0.0 \
+      --save "$OUT/ckpt/pose_yarn" --save-interval "$SAVE_EVERY" --exit-duration-in-mins "$LEFT" \
       --log-json "$OUT/logs/pose_yarn.jsonl" --progress
 fi
 
-echo "== 4. export"
-DONE=$(cat "$OUT/ckpt/pose_yarn/latest_checkpointed_iteration.txt")
-if [ "$(cat "$OUT/hf/pose_yarn.iteration" 2>/dev/null)" != "$DONE" ]; then
-  $PY tools/convert_megatron_to_hf.py --megatron-dir "$OUT/ckpt/pose_yarn" \
-    --out "$OUT/hf/pose_yarn" --force
-  rm -f "$OUT"/results/*_pose_yarn_*.json  # results of an earlier iteration
-  echo "$DONE" > "$OUT/hf/pose_yarn.iteration"
+if [[ " $EVAL_METHODS " == *" pose_yarn "* ]]; then
+  echo "== 4. export"
+  DONE=$(cat "$OUT/ckpt/pose_yarn/latest_checkpointed_iteration.txt")
+  if [ "$(cat "$OUT/hf/pose_yarn.iteration" 2>/dev/null)" != "$DONE" ]; then
+    $PY tools/convert_megatron_to_hf.py --megatron-dir "$OUT/ckpt/pose_yarn" \
+      --out "$OUT/hf/pose_yarn" --force
+    rm -f "$OUT"/results/*_pose_yarn_*.json  # results of an earlier iteration
+    echo "$DONE" > "$OUT/hf/pose_yarn.iteration"
+  fi
 fi
 
 echo "== 5. evaluation at $LENGTHS"
@@ -137,9 +156,11 @@ METHODS=(
   "yarn_only  $OUT/hf/base       $YARN"
   "pose_yarn  $OUT/hf/pose_yarn  none"
 )
+export OMP_NUM_THREADS=$EVAL_THREADS
 for L in $LENGTHS; do
   for m in "${METHODS[@]}"; do
     read -r name dir rope <<<"$m"
+    [[ " $EVAL_METHODS " == *" $name "* ]] || continue
     [ -f "$OUT/results/ppl_${name}_$L.json" ] || nice -n 10 $PY tools/eval_ppl.py --model "$dir" \
       --name "$name" --rope-scaling "$rope" --data "$OUT/data/heldout.jsonl" --lengths "$L" \
       --stride "$L" --num-docs 1 --min-doc-tokens "$L" --max-doc-tokens "$((L - 1))" --device cpu \

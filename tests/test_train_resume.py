@@ -94,3 +94,28 @@ def test_tracker_reading(tmp_path):
     with pytest.raises(ValueError, match="expected an iteration number"):
         checkpointing.read_tracker(str(tmp_path))
     assert checkpointing.iteration_dir("/c", 100) == "/c/iter_0000100"
+
+
+def test_exit_duration_saves_and_stops_then_resume_continues(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    save = ["--save", str(ckpt), "--save-interval", "4"]
+    # 0.0001 min has passed by the end of the first step: the job stops there, off the interval.
+    first_proc, first = _run(tmp_path, "timed", [*save, "--exit-duration-in-mins", "0.0001"])
+    assert first_proc.returncode == 0, first_proc.stderr_text[-2000:]
+    assert [s["iteration"] for s in first] == [1]
+    assert "exiting after iteration 1 of 6" in first_proc.stdout_text
+    assert checkpointing.read_tracker(str(ckpt)) == 1
+
+    rest_proc, rest = _run(tmp_path, "rest", ["--load", str(ckpt), *save])
+    assert rest_proc.returncode == 0, rest_proc.stderr_text[-2000:]
+    assert "loaded iteration 1" in rest_proc.stdout_text
+    assert [s["iteration"] for s in rest] == [2, 3, 4, 5, 6]
+    assert checkpointing.read_tracker(str(ckpt)) == 6
+
+
+def test_exit_duration_must_be_positive(tmp_path):
+    proc, _ = _run(tmp_path, "zero", ["--exit-duration-in-mins", "0"])
+    assert proc.returncode != 0
+    assert proc.stderr_text.strip().splitlines() == [
+        "error: --exit-duration-in-mins must be > 0, got 0.0 "
+        "(see python -m pose_megatron.train --help)"]

@@ -301,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save", default=None, help="directory to write checkpoints into")
     g.add_argument("--save-interval", type=int, default=None,
                    help="save every N steps (and at the end); default only at the end")
+    g.add_argument("--exit-duration-in-mins", type=float, default=None,
+                   help="stop once this many minutes have passed since the job started (setup "
+                        "included), as Megatron-LM's flag of that name does: the step in progress "
+                        "finishes, a checkpoint is saved (with --save) and the job exits 0; rerun "
+                        "with --load on that directory to continue")
     g.add_argument("--no-save-optim", action="store_true",
                    help="leave the optimizer state out of checkpoints (smaller, not resumable)")
     add_resume_arguments(g)
@@ -346,6 +351,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         _fail(parser, "--data-path and --mock-data exclude each other")
     if args.save_interval is not None and args.save_interval < 1:
         _fail(parser, f"--save-interval must be >= 1, got {args.save_interval}")
+    if args.exit_duration_in_mins is not None and not args.exit_duration_in_mins > 0:
+        _fail(parser, f"--exit-duration-in-mins must be > 0, got {args.exit_duration_in_mins}")
     if args.save_interval and not args.save:
         _fail(parser, "--save-interval needs --save")
     if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:

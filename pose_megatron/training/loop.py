@@ -42,6 +42,7 @@ class Trainer:
     consumed_train_samples: int = 0
     history: list = dataclasses.field(default_factory=list)
     save_lock: object = None  # held for the whole run: one writer per --save
+    started: float = dataclasses.field(default_factory=time.monotonic)
 
 
 def check_device_support(args, device: str) -> None:
@@ -201,6 +202,7 @@ def describe_resume(args, saved, state: dict, scheduler, model_args: ModelArgs) 
 def setup(args) -> Trainer:
     from pose_megatron.training import startup
 
+    started = time.monotonic()
     startup.filter_startup_warnings()  # before Megatron-Core's first import emits them
     startup.check_before_start(args)  # flag-only refusals, before any process group starts
     from megatron.core import parallel_state as ps
@@ -288,7 +290,7 @@ def setup(args) -> Trainer:
         config.grad_scale_func = optimizer.scale_loss
 
     num_micro = gbs // (args.micro_batch_size * dp)
-    trainer = Trainer(args=args, device=device, model_args=model_args, model=model,
+    trainer = Trainer(started=started, args=args, device=device, model_args=model_args, model=model,
                       optimizer=optimizer, scheduler=scheduler, dataset=None,
                       num_microbatches=num_micro, save_lock=save_lock)
     if args.load:
@@ -371,6 +373,18 @@ def save(trainer: Trainer) -> None:
         print(f"saved iteration {trainer.iteration} to {args.save}", flush=True)
 
 
+def _out_of_time(trainer: Trainer) -> bool:
+    """--exit-duration-in-mins, decided on rank 0's clock so that every rank stops together."""
+    limit = trainer.args.exit_duration_in_mins
+    if limit is None:
+        return False
+    late = float(time.monotonic() - trainer.started >= 60 * limit)
+    flag = torch.tensor([late], device=trainer.device)
+    if dist.get_world_size() > 1:
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def train(trainer: Trainer) -> list:
     """Run to --train-iters; returns this run's per-step metrics (also kept in trainer.history)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -429,6 +443,14 @@ def train(trainer: Trainer) -> list:
             save(trainer)
         if not math.isfinite(metrics["loss"]):
             raise FloatingPointError(f"loss is {metrics['loss']} at iteration {trainer.iteration}")
+        if _out_of_time(trainer) and trainer.iteration < args.train_iters:
+            if rank0:
+                minutes = (time.monotonic() - trainer.started) / 60
+                (bar.write if bar is not None else functools.partial(print, flush=True))(
+                    f"exiting after iteration {trainer.iteration} of {args.train_iters}: "
+                    f"{minutes:.1f} min passed (--exit-duration-in-mins "
+                    f"{args.exit_duration_in_mins:g})")
+            break
     ran = bool(trainer.history)
     if args.save and ran and (not args.save_interval or trainer.iteration % args.save_interval):
         save(trainer)
