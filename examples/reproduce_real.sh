@@ -183,13 +183,35 @@ for kind in ("ppl", "passkey"):
             for r in model["results"]:
                 rows.setdefault(model["name"], {})[kind, r["length"]] = \
                     r["ppl"] if kind == "ppl" else r["accuracy"]
+trials = {}
+for path in glob.glob(f"{out}/results/passkey_*_*.json"):
+    for model in json.load(open(path))["models"]:
+        for r in model["results"]:
+            trials[model["name"], r["length"]] = r.get("trials")
+
+
+def training():
+    """Steps, minutes of steps and peak memory of the PoSE run, from its logs."""
+    log, timing = f"{out}/logs/pose_yarn.jsonl", f"{out}/logs/pose_yarn.time"
+    if not os.path.exists(log):
+        return "-"
+    steps = {}
+    for line in open(log):  # a step redone after a kill: its last record counts
+        rec = json.loads(line)
+        steps[rec["iteration"]] = rec["step_time_s"]
+    rss = [json.loads(line)["max_rss_kb"] for line in open(timing)] if os.path.exists(timing) else []
+    peak = f", {max(rss) / 2**20:.1f} GiB peak RSS" if rss else ""
+    return f"{len(steps)} steps, {sum(steps.values()) / 60:.0f} min of steps{peak}"
+
+
 lengths = sorted({L for v in rows.values() for _, L in v})
 print("| method | " + " | ".join(f"ppl@{L}" for L in lengths) + " | "
-      + " | ".join(f"passkey@{L}" for L in lengths) + " |")
-print("|---" * (1 + 2 * len(lengths)) + "|")
+      + " | ".join(f"passkey@{L}" for L in lengths) + " | training |")
+print("|---" * (2 + 2 * len(lengths)) + "|")
 for name in ("base", "yarn_only", "pose_yarn"):
     v = rows.get(name, {})
+    passkey = [f"{100 * v['passkey', L]:.0f}% of {trials.get((name, L))}" if ("passkey", L) in v
+               else "-" for L in lengths]
     print(f"| {name} | " + " | ".join(f"{v['ppl', L]:.2f}" if ("ppl", L) in v else "-" for L in lengths)
-          + " | " + " | ".join(f"{100 * v['passkey', L]:.0f}%" if ("passkey", L) in v else "-"
-                               for L in lengths) + " |")
+          + " | " + " | ".join(passkey) + f" | {training() if name == 'pose_yarn' else '-'} |")
 EOF
