@@ -66,7 +66,7 @@ def test_model_args_from_bridges_run_config():
 
 
 def test_bridge_iteration_is_found_as_bridges_loader_finds_it(tmp_path):
-    assert bridge.is_bridge_checkpoint(BRIDGE_CKPT) and bridge.is_bridge_checkpoint(BRIDGE_ITER)
+    assert bridge.has_run_config(BRIDGE_ITER) and not bridge.has_run_config(BRIDGE_CKPT)
     assert bridge.tracker_iteration(BRIDGE_CKPT) == 0
     assert megatron_io.resolve_iteration_dir(BRIDGE_CKPT) == BRIDGE_ITER
     assert megatron_io.resolve_iteration_dir(BRIDGE_ITER) == BRIDGE_ITER  # an iter dir given

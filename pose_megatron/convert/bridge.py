@@ -59,11 +59,6 @@ def has_run_config(path: str) -> bool:
     return os.path.isfile(os.path.join(path, RUN_CONFIG))
 
 
-def is_bridge_checkpoint(ckpt_dir: str) -> bool:
-    """A Bridge checkpoint directory (its tracker), or one of its iteration directories."""
-    return has_run_config(ckpt_dir) or os.path.isfile(os.path.join(ckpt_dir, TRAIN_STATE_TRACKER))
-
-
 def tracker_iteration(ckpt_dir: str) -> Optional[int]:
     """The step ``latest_train_state.pt`` names, or None where there is no such file."""
     path = os.path.join(ckpt_dir, TRAIN_STATE_TRACKER)
