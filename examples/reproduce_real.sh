@@ -214,4 +214,27 @@ for name in ("base", "yarn_only", "pose_yarn"):
                else "-" for L in lengths]
     print(f"| {name} | " + " | ".join(f"{v['ppl', L]:.2f}" if ("ppl", L) in v else "-" for L in lengths)
           + " | " + " | ".join(passkey) + f" | {training() if name == 'pose_yarn' else '-'} |")
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+for name, label in (("base", "base, no scaling"), ("yarn_only", "YaRN x4, no training"),
+                    ("pose_yarn", "PoSE-YaRN x4")):
+    for ax, kind, scale in ((left, "ppl", 1), (right, "passkey", 100)):
+        pts = sorted((L, scale * val) for (k, L), val in rows.get(name, {}).items() if k == kind)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+for ax, title in ((left, "perplexity of the held-out text's first L tokens"),
+                  (right, "passkey retrieval, % of trials")):
+    ax.axvline(8192, color="grey", linestyle=":", label="model's window (8192)")
+    ax.set_xlabel("L (tokens)")
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks(lengths)
+right.set_ylim(-5, 105)
+left.legend(fontsize=8)
+fig.suptitle("SmolLM2-135M-Instruct extended past its window (examples/reproduce_real.sh)")
+fig.tight_layout()
+fig.savefig(f"{out}/results/real_model.png", dpi=110)
 EOF
