@@ -175,7 +175,7 @@ echo "== 6. table"
 $PY - "$OUT" <<'EOF' | tee "$OUT/results/table.md"
 import glob, json, os, sys
 out = sys.argv[1]
-rows = {}
+rows, trials = {}, {}
 for kind in ("ppl", "passkey"):
     for path in sorted(glob.glob(f"{out}/results/{kind}_*_*.json")):
         data = json.load(open(path))
@@ -183,11 +183,8 @@ for kind in ("ppl", "passkey"):
             for r in model["results"]:
                 rows.setdefault(model["name"], {})[kind, r["length"]] = \
                     r["ppl"] if kind == "ppl" else r["accuracy"]
-trials = {}
-for path in glob.glob(f"{out}/results/passkey_*_*.json"):
-    for model in json.load(open(path))["models"]:
-        for r in model["results"]:
-            trials[model["name"], r["length"]] = r.get("trials")
+                if kind == "passkey":
+                    trials[model["name"], r["length"]] = r["trials"]
 
 
 def training():

@@ -404,6 +404,7 @@ def train(trainer: Trainer) -> list:
         from tqdm import tqdm
 
         bar = tqdm(total=args.train_iters, initial=trainer.iteration, desc="train", unit="step")
+    say = bar.write if bar is not None else functools.partial(print, flush=True)
 
     window_time, window_tokens, window_steps = 0.0, 0.0, 0
     while trainer.iteration < args.train_iters:
@@ -435,7 +436,7 @@ def train(trainer: Trainer) -> list:
                         mfu=(tokens_per_s * flops_token / (peak * 1e12 * world)) if peak else None)
             if rank0:
                 text = logging_utils.format_line(trainer.iteration, args.train_iters, line)
-                (bar.write if bar is not None else functools.partial(print, flush=True))(text)
+                say(text)
                 tb.log(trainer.iteration, {k: v for k, v in line.items() if v is not None
                                            and not isinstance(v, bool)})
             window_time, window_tokens, window_steps = 0.0, 0.0, 0
@@ -446,8 +447,7 @@ def train(trainer: Trainer) -> list:
         if _out_of_time(trainer) and trainer.iteration < args.train_iters:
             if rank0:
                 minutes = (time.monotonic() - trainer.started) / 60
-                (bar.write if bar is not None else functools.partial(print, flush=True))(
-                    f"exiting after iteration {trainer.iteration} of {args.train_iters}: "
+                say(f"exiting after iteration {trainer.iteration} of {args.train_iters}: "
                     f"{minutes:.1f} min passed (--exit-duration-in-mins "
                     f"{args.exit_duration_in_mins:g})")
             break
