@@ -37,15 +37,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/reproduce_real}
-STEPS=${STEPS:-1000}
-TRAIN_MINUTES=${TRAIN_MINUTES:-60}
+STEPS=${STEPS:-100}
+TRAIN_MINUTES=${TRAIN_MINUTES:-600}
 SAVE_EVERY=${SAVE_EVERY:-10}
 SKIP_TRAIN=${SKIP_TRAIN:-}
-EVAL_METHODS=${EVAL_METHODS:-"base yarn_only pose_yarn"}
-TRAIN_THREADS=${TRAIN_THREADS:-2}
+EVAL_METHODS=${EVAL_METHODS:-"base yarn_only pose_yarn control_yarn"}
+TRAIN_ARMS=${TRAIN_ARMS:-"control_yarn pose_yarn"}
+TRAIN_THREADS=${TRAIN_THREADS:-1}
 EVAL_THREADS=${EVAL_THREADS:-1}
-LENGTHS=${LENGTHS:-"2048 8192 12288 16384"}
-PK_TRIALS=${PK_TRIALS:-5}
+LENGTHS=${LENGTHS:-"2048 8192 16384 24576 32768"}
+PK_TRIALS=${PK_TRIALS:-10}
+RULER_SAMPLES=${RULER_SAMPLES:-5}
 TRAIN_LEN=2048
 TARGET=32768
 ORIGINAL=8192
@@ -62,7 +64,7 @@ fi
   --hf-dir "$OUT/hf/base" --out "$OUT/ckpt/base" --force
 
 echo "== 2. text"
-[ -f "$OUT/data/heldout.jsonl" ] || $PY - "$OUT/data" <<'EOF'
+[ -f "$OUT/data/heldout_pydoc.jsonl" ] || $PY - "$OUT/data" <<'EOF'
 import glob, gzip, hashlib, json, os, sys, sysconfig
 out = sys.argv[1]
 
@@ -107,6 +109,12 @@ held.append(os.path.join(sysconfig.get_paths()["stdlib"], "LICENSE.txt"))
 text = "\n\n".join(open(p, encoding="utf-8", errors="replace").read() for p in held)
 with open(f"{out}/heldout.jsonl", "w") as f:
     f.write(json.dumps({"text": text, "files": held}) + "\n")
+# A second held-out text of another kind than the training data: the Python Language Reference
+# and library prose every Python ships (pydoc's topics), in sorted topic order.
+import pydoc_data.topics as topics
+prose = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
+with open(f"{out}/heldout_pydoc.jsonl", "w") as f:
+    f.write(json.dumps({"text": prose, "source": "pydoc_data.topics"}) + "\n")
 print(f"training: {len(train)} files of /usr/share/doc, {sum(len(d['text']) for d in train)} "
       f"characters; held out: {len(held)} licence files, {len(text)} characters")
 EOF
@@ -114,124 +122,99 @@ EOF
   --input "$OUT/data/train.jsonl" --output-prefix "$OUT/data/train" \
   --tokenizer "$OUT/hf/base" --append-eod
 
-echo "== 3. PoSE training: window $TRAIN_LEN -> target $TARGET, yarn x$FACTOR, $TRAIN_MINUTES min or $STEPS steps"
-LOAD="$OUT/ckpt/base"
-if [ -f "$OUT/ckpt/pose_yarn/latest_checkpointed_iteration.txt" ]; then
-  LOAD="$OUT/ckpt/pose_yarn"  # resume: weights, optimizer, schedule, data position
-fi
-DONE=$(cat "$OUT/ckpt/pose_yarn/latest_checkpointed_iteration.txt" 2>/dev/null || echo 0)
-# minutes of steps already logged (steps redone after a kill count twice: the budget errs short)
-LEFT=$($PY -c "import json, os, sys; p = sys.argv[1]; \
+echo "== 3. training: $TRAIN_ARMS, window $TRAIN_LEN, yarn x$FACTOR from $ORIGINAL, $STEPS steps"
+# pose_yarn: PoSE (reference scheme), position ids skip up to the 32768 target.
+# control_yarn: the same fine-tuning without position skips: --pose-target-len equal to the
+#   window makes every skip 0, so the control reads exactly the tokens PoSE reads (same documents,
+#   chunk lengths and content offsets: the same seed's streams and the same 5 x 2048 document
+#   cut) at positions 0..2047, with the same RoPE (YaRN x4 from 8192, given explicitly), data
+#   order, steps, schedule and seed.
+train_arm() {  # NAME TARGET_LEN
+  local name=$1 target=$2 load="$OUT/ckpt/base" done left
+  if [ -f "$OUT/ckpt/$name/latest_checkpointed_iteration.txt" ]; then
+    load="$OUT/ckpt/$name"  # resume: weights, optimizer, schedule, data position
+  fi
+  done=$(cat "$OUT/ckpt/$name/latest_checkpointed_iteration.txt" 2>/dev/null || echo 0)
+  # minutes of steps already logged (steps redone after a kill count twice: the budget errs short)
+  left=$($PY -c "import json, os, sys; p = sys.argv[1]; \
 spent = sum(json.loads(l)['step_time_s'] for l in open(p)) / 60 if os.path.exists(p) else 0; \
-print(f'{float(sys.argv[2]) - spent:.2f}')" "$OUT/logs/pose_yarn.jsonl" "$TRAIN_MINUTES")
-if [ -z "$SKIP_TRAIN" ] && [ "$DONE" != "$STEPS" ] && \
-   { [ "$DONE" = 0 ] || $PY -c "import sys; sys.exit(float(sys.argv[1]) < 0.5)" "$LEFT"; }; then
+print(f'{float(sys.argv[2]) - spent:.2f}')" "$OUT/logs/$name.jsonl" "$TRAIN_MINUTES")
+  if [ "$done" = "$STEPS" ] || { [ "$done" != 0 ] && \
+     $PY -c "import sys; sys.exit(float(sys.argv[1]) >= 0.5)" "$left"; }; then
+    return 0
+  fi
+  echo "-- $name: from iteration $done, $left minutes of budget left"
   OMP_NUM_THREADS=$TRAIN_THREADS /usr/bin/time -f '{"seconds": %e, "max_rss_kb": %M}' -a \
-    -o "$OUT/logs/pose_yarn.time" \
-    $PY -m pose_megatron.train --device cpu --load "$LOAD" \
+    -o "$OUT/logs/$name.time" \
+    $PY -m pose_megatron.train --device cpu --load "$load" \
       --data-path "$OUT/data/train_text_document" --tokenizer-model "$OUT/hf/base" \
-      --pose-train-len $TRAIN_LEN --pose-target-len $TARGET --rope-scaling-type yarn \
+      --pose-train-len $TRAIN_LEN --pose-target-len "$target" --pose-max-doc-len $((5 * TRAIN_LEN)) \
+      --rope-scaling-type yarn --rope-scaling-factor $FACTOR --rope-original-max-position $ORIGINAL \
       --micro-batch-size 1 --global-batch-size 1 --train-iters "$STEPS" --lr 2e-5 \
       --lr-warmup-iters 10 --lr-decay-style constant --lr-decay-iters 100000 --weight-decay 0.0 \
-      --save "$OUT/ckpt/pose_yarn" --save-interval "$SAVE_EVERY" --exit-duration-in-mins "$LEFT" \
-      --log-json "$OUT/logs/pose_yarn.jsonl" --progress
-fi
-
-if [[ " $EVAL_METHODS " == *" pose_yarn "* ]]; then
-  echo "== 4. export"
-  DONE=$(cat "$OUT/ckpt/pose_yarn/latest_checkpointed_iteration.txt")
-  if [ "$(cat "$OUT/hf/pose_yarn.iteration" 2>/dev/null)" != "$DONE" ]; then
-    $PY tools/convert_megatron_to_hf.py --megatron-dir "$OUT/ckpt/pose_yarn" \
-      --out "$OUT/hf/pose_yarn" --force
-    rm -f "$OUT"/results/*_pose_yarn_*.json  # results of an earlier iteration
-    echo "$DONE" > "$OUT/hf/pose_yarn.iteration"
-  fi
-fi
-
-echo "== 5. evaluation at $LENGTHS"
-YARN="{\"rope_type\":\"yarn\",\"factor\":$FACTOR,\"original_max_position_embeddings\":$ORIGINAL}"
-# name  HF directory  rope override
-METHODS=(
-  "base       $OUT/hf/base       none"
-  "yarn_only  $OUT/hf/base       $YARN"
-  "pose_yarn  $OUT/hf/pose_yarn  none"
-)
-export OMP_NUM_THREADS=$EVAL_THREADS
-for L in $LENGTHS; do
-  for m in "${METHODS[@]}"; do
-    read -r name dir rope <<<"$m"
-    [[ " $EVAL_METHODS " == *" $name "* ]] || continue
-    [ -f "$OUT/results/ppl_${name}_$L.json" ] || nice -n 10 $PY tools/eval_ppl.py --model "$dir" \
-      --name "$name" --rope-scaling "$rope" --data "$OUT/data/heldout.jsonl" --lengths "$L" \
-      --stride "$L" --num-docs 1 --min-doc-tokens "$L" --max-doc-tokens "$((L - 1))" --device cpu \
-      --output-json "$OUT/results/ppl_${name}_$L.json"
-    [ -f "$OUT/results/passkey_${name}_$L.json" ] || nice -n 10 $PY tools/eval_passkey.py \
-      --model "$dir" --name "$name" --rope-scaling "$rope" --lengths "$L" --trials "$PK_TRIALS" \
-      --device cpu --output-json "$OUT/results/passkey_${name}_$L.json"
+      --save "$OUT/ckpt/$name" --save-interval "$SAVE_EVERY" --exit-duration-in-mins "$left" \
+      --log-json "$OUT/logs/$name.jsonl" --progress
+}
+if [ -z "$SKIP_TRAIN" ]; then
+  for arm in $TRAIN_ARMS; do
+    case $arm in
+      pose_yarn) train_arm pose_yarn $TARGET ;;
+      control_yarn) train_arm control_yarn $TRAIN_LEN ;;
+      *) echo "error: TRAIN_ARMS: unknown arm $arm (pose_yarn, control_yarn)" >&2; exit 2 ;;
+    esac
   done
+fi
+
+echo "== 4. export"
+for arm in pose_yarn control_yarn; do
+  [[ " $EVAL_METHODS " == *" $arm "* ]] || continue
+  DONE=$(cat "$OUT/ckpt/$arm/latest_checkpointed_iteration.txt" 2>/dev/null || echo 0)
+  [ "$DONE" = "$STEPS" ] || { echo "-- $arm: trained $DONE of $STEPS steps: not exported yet"; continue; }
+  if [ "$(cat "$OUT/hf/$arm.iteration" 2>/dev/null)" != "$DONE" ]; then
+    $PY tools/convert_megatron_to_hf.py --megatron-dir "$OUT/ckpt/$arm" --out "$OUT/hf/$arm" --force
+    rm -f "$OUT"/results/*_"${arm}"_*.json  # results of an earlier iteration
+    echo "$DONE" > "$OUT/hf/$arm.iteration"
+  fi
 done
 
-echo "== 6. table"
-$PY - "$OUT" <<'EOF' | tee "$OUT/results/table.md"
-import glob, json, os, sys
-out = sys.argv[1]
-rows, trials = {}, {}
-for kind in ("ppl", "passkey"):
-    for path in sorted(glob.glob(f"{out}/results/{kind}_*_*.json")):
-        data = json.load(open(path))
-        for model in data["models"] if "models" in data else [data]:
-            for r in model["results"]:
-                rows.setdefault(model["name"], {})[kind, r["length"]] = \
-                    r["ppl"] if kind == "ppl" else r["accuracy"]
-                if kind == "passkey":
-                    trials[model["name"], r["length"]] = r["trials"]
+echo "== 5. evaluation"
+YARN="{\"rope_type\":\"yarn\",\"factor\":$FACTOR,\"original_max_position_embeddings\":$ORIGINAL}"
+declare -A DIR=([base]="$OUT/hf/base" [yarn_only]="$OUT/hf/base" [pose_yarn]="$OUT/hf/pose_yarn"
+                [control_yarn]="$OUT/hf/control_yarn")
+declare -A ROPE=([base]=none [yarn_only]="$YARN" [pose_yarn]=none [control_yarn]=none)
+export OMP_NUM_THREADS=$EVAL_THREADS
+ready() { [[ " $EVAL_METHODS " == *" $1 "* ]] && [ -f "${DIR[$1]}/config.json" ]; }
+# passkey cell done when its file holds at least PK_TRIALS trials (an earlier 5-trial file is redone)
+have_trials() { [ -f "$1" ] && $PY -c "import json, sys; d = json.load(open(sys.argv[1])); \
+sys.exit(min(r['trials'] for m in d['models'] for r in m['results']) < int(sys.argv[2]))" "$1" "$2"; }
+ppl() {  # TEXT NAME L
+  local text=$1 name=$2 L=$3 tag=""; [ "$text" = heldout ] || tag="${text#heldout_}_"
+  local f="$OUT/results/ppl_${tag}${name}_$L.json"
+  ready "$name" && [ ! -f "$f" ] || return 0
+  nice -n 10 $PY tools/eval_ppl.py --model "${DIR[$name]}" --name "$name" --rope-scaling "${ROPE[$name]}" \
+    --data "$OUT/data/$text.jsonl" --lengths "$L" --stride "$L" --num-docs 1 --min-doc-tokens "$L" \
+    --max-doc-tokens "$((L - 1))" --device cpu --output-json "$f"
+}
+passkey() {  # NAME L
+  local f="$OUT/results/passkey_$1_$2.json"
+  ready "$1" && ! have_trials "$f" "$PK_TRIALS" || return 0
+  nice -n 10 $PY tools/eval_passkey.py --model "${DIR[$1]}" --name "$1" --rope-scaling "${ROPE[$1]}" \
+    --lengths "$2" --trials "$PK_TRIALS" --device cpu --output-json "$f"
+}
+ruler() {  # NAME L
+  local f="$OUT/results/ruler_$1_$2.json"
+  ready "$1" || return 0
+  nice -n 10 $PY tools/eval_ruler.py --model "${DIR[$1]}" --name "$1" --rope-scaling "${ROPE[$1]}" \
+    --lengths "$2" --tasks niah_single_2 --samples "$RULER_SAMPLES" --device cpu \
+    --output-json "$f" --resume
+}
+# In the order of what the comparison needs most, so a partial run holds the most useful cells.
+for L in $LENGTHS; do for m in base yarn_only pose_yarn control_yarn; do ppl heldout $m $L; done; done
+for m in pose_yarn control_yarn; do passkey $m 16384; done
+for L in $LENGTHS; do for m in base yarn_only pose_yarn control_yarn; do ppl heldout_pydoc $m $L; done; done
+for m in pose_yarn control_yarn; do passkey $m 32768; passkey $m 8192; done
+for m in base yarn_only; do passkey $m 16384; passkey $m 32768; done
+for L in 16384 32768; do for m in pose_yarn control_yarn; do ruler $m $L; done; done
 
-
-def training():
-    """Steps, minutes of steps and peak memory of the PoSE run, from its logs."""
-    log, timing = f"{out}/logs/pose_yarn.jsonl", f"{out}/logs/pose_yarn.time"
-    if not os.path.exists(log):
-        return "-"
-    steps = {}
-    for line in open(log):  # a step redone after a kill: its last record counts
-        rec = json.loads(line)
-        steps[rec["iteration"]] = rec["step_time_s"]
-    rss = [json.loads(line)["max_rss_kb"] for line in open(timing)] if os.path.exists(timing) else []
-    peak = f", {max(rss) / 2**20:.1f} GiB peak RSS" if rss else ""
-    return f"{len(steps)} steps, {sum(steps.values()) / 60:.0f} min of steps{peak}"
-
-
-lengths = sorted({L for v in rows.values() for _, L in v})
-print("| method | " + " | ".join(f"ppl@{L}" for L in lengths) + " | "
-      + " | ".join(f"passkey@{L}" for L in lengths) + " | training |")
-print("|---" * (2 + 2 * len(lengths)) + "|")
-for name in ("base", "yarn_only", "pose_yarn"):
-    v = rows.get(name, {})
-    passkey = [f"{100 * v['passkey', L]:.0f}% of {trials.get((name, L))}" if ("passkey", L) in v
-               else "-" for L in lengths]
-    print(f"| {name} | " + " | ".join(f"{v['ppl', L]:.2f}" if ("ppl", L) in v else "-" for L in lengths)
-          + " | " + " | ".join(passkey) + f" | {training() if name == 'pose_yarn' else '-'} |")
-
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-for name, label in (("base", "base, no scaling"), ("yarn_only", "YaRN x4, no training"),
-                    ("pose_yarn", "PoSE-YaRN x4")):
-    for ax, kind, scale in ((left, "ppl", 1), (right, "passkey", 100)):
-        pts = sorted((L, scale * val) for (k, L), val in rows.get(name, {}).items() if k == kind)
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=label)
-for ax, title in ((left, "perplexity of the held-out text's first L tokens"),
-                  (right, "passkey retrieval, % of trials")):
-    ax.axvline(8192, color="grey", linestyle=":", label="model's window (8192)")
-    ax.set_xlabel("L (tokens)")
-    ax.set_title(title, fontsize=10)
-    ax.set_xticks(lengths)
-right.set_ylim(-5, 105)
-left.legend(fontsize=8)
-fig.suptitle("SmolLM2-135M-Instruct extended past its window (examples/reproduce_real.sh)")
-fig.tight_layout()
-fig.savefig(f"{out}/results/real_model.png", dpi=110)
-EOF
+echo "== 6. table and plot"
+$PY examples/real_table.py "$OUT/results" --logs "$OUT/logs" | tee "$OUT/results/table.md"

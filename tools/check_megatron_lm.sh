@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Check the plugin against a real Megatron-LM checkout (release tag core_v0.16.1 or core_v0.19.0):
 #   bash tools/check_megatron_lm.sh MEGATRON_LM_DIR [WORK_DIR]
+# 0. compares the dest names and defaults of every Megatron-LM flag the converters read or write
+#    with the checkout's own parser (tools/megatron_lm/check_dests.py);
 # 1. copies the checkout, applies examples/megatron_lm/pretrain_gpt_core_vX.patch (git apply);
 # 2. runs PoSE iterations of the real, patched pretrain_gpt.py on the bundled corpus (window 64 ->
 #    target 512, linear RoPE scaling), saving torch_dist and legacy (torch) checkpoints;
 # 3. converts each saved checkpoint to HF with tools/convert_megatron_to_hf.py (from the args in
 #    its common state; no pose_model.json), and compares the HF logits with Megatron-LM's own load
 #    of it (load_checkpoint + the script's model_provider) at 64 and 512 tokens, within 1e-4;
-# 4. converts a tiny HF model with tools/convert_hf_to_megatron.py, loads it in Megatron-LM with
-#    --use-checkpoint-args (no model-size flags) and compares with the HF logits, within 1e-4;
+# 4. converts a tiny HF model with tools/convert_hf_to_megatron.py and loads it in Megatron-LM
+#    three ways, comparing with the HF logits within 1e-4: --use-checkpoint-args (no model-size
+#    flags); --load alone with the position-embedding convention of Megatron-LM's
+#    examples/llama/train_llama3_8b_h100_fp8.sh (--position-embedding-type rope only); --load
+#    alone with --no-position-embedding (its LLaMA-2 docs), converted with that flag;
 # 5. trains every --rope-scaling-type (with its own parameters) with the same script, exports
 #    each to HF and compares Megatron-LM's own load with transformers' at 64 and 512 tokens.
 # Megatron-LM's source is read and run beside the project, never copied into it. On a machine
@@ -72,6 +77,10 @@ DIST_ENV=(PYTHONPATH="$ROOT/tools/megatron_lm:$WORK/mlm:$ROOT${PYTHONPATH:+:$PYT
           CUDA_DEVICE_MAX_CONNECTIONS=1 MASTER_ADDR=127.0.0.1 RANK=0 LOCAL_RANK=0 WORLD_SIZE=1)
 echo "device: $DEVICE"
 
+echo "== 0. dest names and defaults of the model flags vs this checkout's parser"
+env "${DIST_ENV[@]}" "$PY" "$ROOT/tools/megatron_lm/check_dests.py" 2> "$WORK/check_dests.err" ||
+  { grep -E "^error" "$WORK/check_dests.err" >&2; echo "error: dest names differ from Megatron-LM's" >&2; exit 1; }
+
 echo "== 2. bundled corpus"
 [ -f "$WORK/data/corpus_text_document.idx" ] || "$PY" -m pose_megatron.data.corpus --out "$WORK/data"
 DATA=$WORK/data/corpus_text_document
@@ -79,12 +88,16 @@ TOK=$WORK/data/tokenizer.model
 
 free_port() { "$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
 # Megatron-LM flags of a tiny LLaMA-shaped model (GQA, RMSNorm, SwiGLU, untied), local spec.
-MODEL=(--num-layers 2 --hidden-size 64 --ffn-hidden-size 128 --num-attention-heads 4
-       --group-query-attention --num-query-groups 2 --seq-length 64 --max-position-embeddings 64
-       --position-embedding-type rope --rotary-base 10000 --normalization RMSNorm
-       --norm-epsilon 1e-5 --swiglu --disable-bias-linear --untie-embeddings-and-output-weights
-       --attention-dropout 0 --hidden-dropout 0)
-RUN=(--tokenizer-type NullTokenizer --vocab-size 2000 --make-vocab-size-divisible-by 1
+# Every value that the export maps differs from Megatron-LM's and HF's defaults (norm epsilon,
+# RoPE base, FFN size, head size != hidden / heads, query groups, init std, a padded vocabulary),
+# so a field read under the wrong name changes the logits.
+MODEL=(--num-layers 2 --hidden-size 64 --ffn-hidden-size 96 --num-attention-heads 4
+       --group-query-attention --num-query-groups 2 --kv-channels 24 --seq-length 64
+       --max-position-embeddings 64 --position-embedding-type rope --rotary-base 50000
+       --normalization RMSNorm --norm-epsilon 1e-6 --swiglu --disable-bias-linear
+       --untie-embeddings-and-output-weights --init-method-std 0.013 --attention-dropout 0
+       --hidden-dropout 0)
+RUN=(--tokenizer-type NullTokenizer --vocab-size 2000 --make-vocab-size-divisible-by 128
      --micro-batch-size 2 --global-batch-size 2 --transformer-impl local
      --no-masked-softmax-fusion --no-bias-swiglu-fusion --no-rope-fusion
      --no-gradient-accumulation-fusion --no-persist-layer-norm --distributed-backend gloo
@@ -126,24 +139,49 @@ for FMT in torch_dist torch; do
     --megatron "$WORK/mlm_$FMT.pt" --tol 1e-4 --label "pretrain() $FMT checkpoint: "
 done
 
-echo "== 6. tiny HF model -> Megatron (tools/convert_hf_to_megatron.py) -> Megatron-LM --use-checkpoint-args"
-rm -rf "$WORK/hf_tiny" "$WORK/converted"
-"$PY" "$ROOT/tools/make_tiny_llama.py" --out "$WORK/hf_tiny" --tokenizer-model "$TOK"
+echo "== 6. tiny HF model -> Megatron (tools/convert_hf_to_megatron.py) -> Megatron-LM, three ways"
+rm -rf "$WORK/hf_tiny" "$WORK/converted" "$WORK/converted_nope"
+# non-default norm epsilon, RoPE base, FFN and head sizes (the export and the load must carry them)
+"$PY" "$ROOT/tools/make_tiny_llama.py" --out "$WORK/hf_tiny" --tokenizer-model "$TOK" \
+  --hidden-size 64 --intermediate-size 96 --head-dim 24 --rms-norm-eps 3e-6 --rope-theta 50000
 "$PY" "$ROOT/tools/convert_hf_to_megatron.py" --hf-dir "$WORK/hf_tiny" --out "$WORK/converted" \
   --no-progress
+"$PY" "$ROOT/tools/convert_hf_to_megatron.py" --hf-dir "$WORK/hf_tiny" \
+  --out "$WORK/converted_nope" --no-position-embedding --no-progress
 EPS=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['rms_norm_eps'])" "$WORK/hf_tiny/config.json")
+LOAD_RUN=(--tokenizer-type NullTokenizer --vocab-size 2000 --micro-batch-size 1
+  --transformer-impl local --no-masked-softmax-fusion --no-bias-swiglu-fusion --no-rope-fusion
+  --no-gradient-accumulation-fusion --no-persist-layer-norm --distributed-backend gloo
+  --use-cpu-initialization --no-load-optim --no-load-rng)
+# the tiny model's own flags, as a job that does not take them from the checkpoint passes them
+TINY=(--num-layers 2 --hidden-size 64 --ffn-hidden-size 96 --num-attention-heads 4
+  --group-query-attention --num-query-groups 2 --kv-channels 24 --seq-length 64
+  --max-position-embeddings 64 --position-embedding-type rope --rotary-base 50000
+  --rotary-percent 1.0 --normalization RMSNorm --norm-epsilon "$EPS" --swiglu
+  --disable-bias-linear --untie-embeddings-and-output-weights --attention-dropout 0.0
+  --hidden-dropout 0.0 --make-vocab-size-divisible-by 1)
+load_converted() {  # LABEL CHECKPOINT ARGS...
+  local label=$1 ckpt=$2
+  shift 2
+  env "${DIST_ENV[@]}" MASTER_PORT=$(free_port) "$PY" "$ROOT/tools/megatron_lm/mlm_logits.py" \
+    --out "$WORK/mlm_$label.pt" --lengths 64 512 -- --load "$ckpt" "${LOAD_RUN[@]}" "$@" \
+    > "$WORK/mlm_$label.log" 2>&1 ||
+    { tail -30 "$WORK/mlm_$label.log"; echo "error: Megatron-LM could not load $ckpt ($label)" >&2; exit 1; }
+  "$PY" "$ROOT/tools/megatron_lm/compare_logits.py" --hf "$WORK/hf_tiny" \
+    --megatron "$WORK/mlm_$label.pt" --tol 1e-4 --label "converted, $label: "
+}
 # No model-size flags: the shape comes from the checkpoint's args. --norm-epsilon is not among
 # the fields Megatron-LM takes from a checkpoint, so it is passed.
-env "${DIST_ENV[@]}" MASTER_PORT=$(free_port) "$PY" "$ROOT/tools/megatron_lm/mlm_logits.py" --out "$WORK/mlm_converted.pt" \
-  --lengths 64 512 -- --use-checkpoint-args --load "$WORK/converted" --norm-epsilon "$EPS" \
-  --tokenizer-type NullTokenizer --vocab-size 2000 --micro-batch-size 1 --transformer-impl local \
-  --no-masked-softmax-fusion --no-bias-swiglu-fusion --no-rope-fusion \
-  --no-gradient-accumulation-fusion --no-persist-layer-norm --distributed-backend gloo \
-  --use-cpu-initialization --no-load-optim --no-load-rng > "$WORK/mlm_converted.log" 2>&1 ||
-  { tail -30 "$WORK/mlm_converted.log"; echo "error: Megatron-LM could not load the converted checkpoint" >&2; exit 1; }
-grep -E "Setting (num_layers|hidden_size|num_query_groups|padded_vocab_size) to" "$WORK/mlm_converted.log" | sort -u || true
-"$PY" "$ROOT/tools/megatron_lm/compare_logits.py" --hf "$WORK/hf_tiny" \
-  --megatron "$WORK/mlm_converted.pt" --tol 1e-4 --label "converted, --use-checkpoint-args: "
+load_converted use-checkpoint-args "$WORK/converted" --use-checkpoint-args --norm-epsilon "$EPS"
+grep -E "Setting (num_layers|hidden_size|kv_channels|num_query_groups|rotary_base|padded_vocab_size) to" \
+  "$WORK/mlm_use-checkpoint-args.log" | sort -u || true
+# Megatron-LM's load_checkpoint compares add_position_embedding with the job's unless
+# --use-checkpoint-args: the default conversion matches its default (examples/llama's LLaMA-3
+# convention), one converted with --no-position-embedding matches jobs passing that flag.
+load_converted load-llama3-example-flags "$WORK/converted" "${TINY[@]}"
+load_converted load-no-position-embedding "$WORK/converted_nope" "${TINY[@]}" --no-position-embedding
+load_converted use-checkpoint-args-no-position-embedding "$WORK/converted" --use-checkpoint-args \
+  --norm-epsilon "$EPS" --no-position-embedding
 fi
 echo "== 7. every --rope-scaling-type through pretrain_gpt.py: train, export, Megatron-LM's load vs HF"
 # Each type with its own parameters (tests/rope_type_flags.py, the table the CLI test uses):

@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "docs/bridge.md)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory (or sentencepiece .model file) to copy (default: --hf-dir's)")
+    p.add_argument("--no-position-embedding", action="store_true",
+                   help="record add_position_embedding=False in the checkpoint's Megatron-LM args, "
+                        "for Megatron-LM jobs that pass --no-position-embedding (its LLaMA-2 docs' "
+                        "flags). Megatron-LM's load_checkpoint compares this value with the job's "
+                        "unless the job passes --use-checkpoint-args or --finetune; the default, "
+                        "True, is Megatron-LM's own default (its LLaMA-3 example, its own "
+                        "converters). For RoPE models the flag changes nothing else")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     cli.add_debug_argument(p)
@@ -66,7 +73,8 @@ def convert(argv) -> int:
     args = hf_to_megatron(
         opts.hf_dir, opts.out, tp=opts.tp, pp=opts.pp, dtype=opts.dtype, fmt=opts.format,
         spec=opts.spec, force=opts.force, tokenizer=opts.tokenizer,
-        progress=not opts.no_progress, layout=opts.layout)
+        progress=not opts.no_progress, layout=opts.layout,
+        add_position_embedding=not opts.no_position_embedding)
     print(f"wrote {opts.out}: {args.family}, {args.num_layers} layers, hidden {args.hidden_size}, "
           f"rope {args.rope_scaling or 'default'} theta {args.rope_theta}, {args.torch_dtype}")
     return 0

@@ -23,6 +23,14 @@ def main(argv=None) -> int:
     p.add_argument("--kv-heads", type=int, default=2, help="key/value heads, GQA (default 2)")
     p.add_argument("--max-position-embeddings", type=int, default=64,
                    help="the model's original context window (default 64)")
+    p.add_argument("--intermediate-size", type=int, default=None,
+                   help="FFN size (default 4 x --hidden-size)")
+    p.add_argument("--head-dim", type=int, default=None,
+                   help="attention head size (default --hidden-size / --heads)")
+    p.add_argument("--rms-norm-eps", type=float, default=1e-6,
+                   help="RMSNorm epsilon (default 1e-6, HF LlamaConfig's)")
+    p.add_argument("--rope-theta", type=float, default=10000.0,
+                   help="RoPE base (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
     from pose_megatron import cli as error_convention
 
@@ -40,11 +48,17 @@ def main(argv=None) -> int:
 
         vocab = spm.SentencePieceProcessor(model_file=args.tokenizer_model).get_piece_size()
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
+        vocab_size=vocab, hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size or 4 * args.hidden_size,
         num_hidden_layers=args.layers, num_attention_heads=args.heads,
         num_key_value_heads=args.kv_heads, max_position_embeddings=args.max_position_embeddings,
+        head_dim=args.head_dim or args.hidden_size // args.heads, rms_norm_eps=args.rms_norm_eps,
         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
     )
+    # transformers 5 keeps the base in rope_parameters, 4.x in rope_theta
+    if getattr(config, "rope_parameters", None) is not None:
+        config.rope_parameters["rope_theta"] = args.rope_theta
+    config.rope_theta = args.rope_theta
     torch.manual_seed(args.seed)
     LlamaForCausalLM(config).save_pretrained(args.out)
     if args.tokenizer_model:

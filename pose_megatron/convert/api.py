@@ -66,9 +66,12 @@ def hf_to_megatron(
     hf_dir: str, out: str, *, tp: int = 1, pp: int = 1, dtype: Optional[str] = None,
     fmt: str = "torch_dist", spec: str = "local", force: bool = False,
     tokenizer: Optional[str] = None, progress: bool = True, layout: str = "megatron",
+    add_position_embedding: bool = True,
 ) -> ModelArgs:
     """HF directory -> Megatron checkpoint. ``layout="bridge"`` writes the weights under
-    ``iter_0000000/`` with the files Megatron-Bridge's loader reads (``convert.bridge``)."""
+    ``iter_0000000/`` with the files Megatron-Bridge's loader reads (``convert.bridge``).
+    ``add_position_embedding``: the value recorded in the Megatron-LM args (False for jobs run
+    with ``--no-position-embedding``; see ``megatron_lm_args``)."""
     if fmt not in megatron_io.FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {megatron_io.FORMATS}")
     if layout not in LAYOUTS:
@@ -118,9 +121,11 @@ def hf_to_megatron(
         iteration = 0 if layout == "bridge" else None
         path = os.path.join(tmp, megatron_io.iteration_dir(iteration))
         if fmt == "legacy":
-            megatron_io.write_legacy(path, args, get_global, tp, pp, spec=spec, progress=step)
+            megatron_io.write_legacy(path, args, get_global, tp, pp, spec=spec, progress=step,
+                                     add_position_embedding=add_position_embedding)
         else:
-            megatron_io.write_dist(path, args, get_pieces, target, progress=step)
+            megatron_io.write_dist(path, args, get_pieces, target, progress=step,
+                                   add_position_embedding=add_position_embedding)
         args.save(path)  # the settings of these weights, beside them (see checkpointing)
         megatron_io.write_tracker(tmp, iteration)
         tok_dir = os.path.join(tmp, TOKENIZER_SUBDIR)

@@ -176,11 +176,12 @@ def _owned(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 def write_legacy(
     path: str, args: ModelArgs, get_global: Callable[[str], torch.Tensor], tp: int, pp: int,
-    *, spec: str = "local", iteration: int = 0, progress=None,
+    *, spec: str = "local", iteration: int = 0, progress=None, add_position_embedding: bool = True,
 ) -> None:
     """Write ``mp_rank_*/model_optim_rng.pt`` for every rank; one pipeline stage in RAM at a time."""
     weights.check_parallel(args, tp, pp)
-    lm_args = megatron_lm_args(args, fmt="legacy", tp=tp, pp=pp)
+    lm_args = megatron_lm_args(args, fmt="legacy", tp=tp, pp=pp,
+                               add_position_embedding=add_position_embedding)
     for pp_rank in range(pp):
         cache: Dict[str, torch.Tensor] = {}
 
@@ -338,7 +339,7 @@ def _save_strategy():
 
 def write_dist(
     path: str, args: ModelArgs, get_pieces: Callable[[str], List[torch.Tensor]],
-    dtype: torch.dtype, *, iteration: int = 0, progress=None,
+    dtype: torch.dtype, *, iteration: int = 0, progress=None, add_position_embedding: bool = True,
 ) -> None:
     """Write a torch_dist checkpoint of Megatron-Core's stock model holding the given weights.
 
@@ -399,7 +400,9 @@ def write_dist(
                 sh.dtype = sh.data.dtype
             del pieces
         state = {"model": sharded, "checkpoint_version": CHECKPOINT_VERSION,
-                 "iteration": iteration, "args": megatron_lm_args(args, fmt="torch_dist")}
+                 "iteration": iteration,
+                 "args": megatron_lm_args(args, fmt="torch_dist",
+                                          add_position_embedding=add_position_embedding)}
         os.makedirs(path, exist_ok=True)
         dist_checkpointing.save(state, path, sharded_strategy=_save_strategy())
         del model, params, sharded, state, views

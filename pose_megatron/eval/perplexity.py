@@ -62,13 +62,23 @@ def sliding_windows(n_tokens: int, ctx: int, stride: int) -> List[Window]:
     return windows
 
 
+_NLL_ROWS = 2048
+
+
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-token negative log-likelihood, float64: logits [k, vocab], targets [k] -> [k]."""
-    # bf16/fp16 logits are upcast: log_softmax over a large vocabulary loses digits in 16 bits.
-    if logits.dtype != torch.float64:
-        logits = logits.float()
-    logp = torch.log_softmax(logits, dim=-1)
-    return -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
+    # Rows in blocks: log_softmax is per row, so the values are those of one call, but a 32k
+    # window's second [k, vocab] copy (6.4 GB at SmolLM2's vocabulary) is never held.
+    out = []
+    for rows in range(0, logits.shape[0], _NLL_ROWS):
+        block = logits[rows:rows + _NLL_ROWS]
+        # bf16/fp16 logits are upcast: log_softmax over a large vocabulary loses digits in 16 bits.
+        if block.dtype != torch.float64:
+            block = block.float()
+        logp = torch.log_softmax(block, dim=-1)
+        picked = targets[rows:rows + _NLL_ROWS].unsqueeze(-1)
+        out.append(-logp.gather(-1, picked).squeeze(-1).double())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
 def window_nll(
