@@ -159,7 +159,8 @@ TINY=(--num-layers 2 --hidden-size 64 --ffn-hidden-size 96 --num-attention-heads
   --max-position-embeddings 64 --position-embedding-type rope --rotary-base 50000
   --rotary-percent 1.0 --normalization RMSNorm --norm-epsilon "$EPS" --swiglu
   --disable-bias-linear --untie-embeddings-and-output-weights --attention-dropout 0.0
-  --hidden-dropout 0.0 --make-vocab-size-divisible-by 1)
+  --hidden-dropout 0.0 --make-vocab-size-divisible-by 1 --vocab-size 1999)
+# (NullTokenizer's vocabulary is --vocab-size plus its end-of-document token: 2000 rows, as HF)
 load_converted() {  # LABEL CHECKPOINT ARGS...
   local label=$1 ckpt=$2
   shift 2
