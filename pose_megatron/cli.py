@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import sys
@@ -36,6 +37,7 @@ DEBUG_ENV = "POSE_MEGATRON_DEBUG"
 EXIT_ERROR = 2
 # Set by torchrun for each worker; the agent reads {"message", "timestamp"} back when it fails.
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+_CHECKPOINT_WRITER_LOGGER = "megatron.core.dist_checkpointing.strategies.filesystem_async"
 
 
 class UsageError(Exception):
@@ -136,6 +138,10 @@ def run(main: Callable, argv: Optional[Sequence[str]] = None, *, exit: bool = Tr
     filter_startup_warnings()  # before the tool's first Megatron-Core import emits them
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
+    if not debug:
+        # Megatron-Core's checkpoint writer logs a failed write ("Local process 0 encountered an
+        # error: ...") before raising it; the raised error becomes the one line below.
+        logging.getLogger(_CHECKPOINT_WRITER_LOGGER).setLevel(logging.CRITICAL)
     code = 0
     try:
         with _one_line_usage_errors():
