@@ -16,12 +16,14 @@
 #   # 3. Slurm: one torchrun per node through srun, rendezvous from Slurm's variables:
 #   LOAD=... SAVE=... DATA_PATH=... sbatch --nodes 2 --gpus-per-node 8 examples/pose_llama7b.sbatch
 #
-#   # Any of them in a minute on a CPU: tiny model, random tokens, 2 processes (CI runs 2 and 3):
+#   # Any of them in a minute on a CPU: tiny model, random tokens, 2 processes (CI runs all three:
+#   # tests/test_launch_example.py, tools/slurm_check.sh):
 #   POSE_TINY_CPU=1 bash examples/pose_llama7b.sh
 #   POSE_TINY_CPU=1 torchrun --nproc-per-node 2 examples/pose_llama7b.sh
+#   POSE_TINY_CPU=1 sbatch --nodes 1 examples/pose_llama7b.sbatch
 #
 # LOAD is a Megatron checkpoint of the base model, converted from a local HF directory, e.g.
-#   huggingface-cli download huggyllama/llama-7b --local-dir /models/llama-7b-hf
+#   hf download huggyllama/llama-7b --local-dir /models/llama-7b-hf   # hf: huggingface_hub's CLI
 #   python tools/convert_hf_to_megatron.py --hf-dir /models/llama-7b-hf --out /ckpt/llama7b-megatron
 # (its "release" checkpoint loads as weights only; training starts at iteration 0).
 #
@@ -103,7 +105,11 @@ if [ "${POSE_TINY_CPU:-0}" = 1 ]; then
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 else
     for var in LOAD SAVE DATA_PATH; do
-        if [ -z "${!var:-}" ]; then echo "error: set $var (see the top of $0)" >&2; exit 2; fi
+        if [ -z "${!var:-}" ]; then
+            # under torchrun every worker stops here; rank 0 says why
+            [ "${RANK:-0}" = 0 ] && echo "error: set $var (see the top of $0)" >&2
+            exit 2
+        fi
     done
 fi
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}

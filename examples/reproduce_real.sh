@@ -212,10 +212,11 @@ for name in ("base", "yarn_only", "pose_yarn"):
     print(f"| {name} | " + " | ".join(f"{v['ppl', L]:.2f}" if ("ppl", L) in v else "-" for L in lengths)
           + " | " + " | ".join(passkey) + f" | {training() if name == 'pose_yarn' else '-'} |")
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from pose_megatron.eval.plots import pyplot, save
 
+plt = pyplot(f"{out}/results/real_model.png")  # None, and one line, without matplotlib
+if plt is None:
+    sys.exit(0)
 fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
 for name, label in (("base", "base, no scaling"), ("yarn_only", "YaRN x4, no training"),
                     ("pose_yarn", "PoSE-YaRN x4")):
@@ -232,6 +233,5 @@ for ax, title in ((left, "perplexity of the held-out text's first L tokens"),
 right.set_ylim(-5, 105)
 left.legend(fontsize=8)
 fig.suptitle("SmolLM2-135M-Instruct extended past its window (examples/reproduce_real.sh)")
-fig.tight_layout()
-fig.savefig(f"{out}/results/real_model.png", dpi=110)
+save(fig, f"{out}/results/real_model.png")
 EOF

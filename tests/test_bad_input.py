@@ -233,6 +233,18 @@ def test_damaged_hf_directory_is_one_line_naming_the_file(project, tmp_path, dam
     assert not out.exists()
 
 
+@pytest.mark.parametrize("damage", ["truncated shard", "header-truncated shard"])
+def test_damaged_hf_model_given_to_an_evaluation_is_one_line_naming_the_file(
+        project, tmp_path, damage, capsys):
+    from tools import eval_ppl
+
+    hf = _broken_hf(project, tmp_path, damage)
+    code, line = _run(eval_ppl.main, ["--model", hf, "--data", __file__, "--lengths", "32",
+                                      "--output-json", str(tmp_path / "ppl.json")], capsys)
+    assert code == 2 and line.startswith(f"error: {hf}/model.safetensors: "), line
+    assert "truncated" in line
+
+
 def test_missing_distcp_shard_is_one_line(project, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(project / "ckpt" / "pose", ckpt)
