@@ -31,13 +31,13 @@ import sys
 import time
 from typing import Callable, Optional, Sequence
 
+from pose_megatron.megatron_compat import CHECKPOINT_WRITER_LOGGER
 from pose_megatron.startup_warnings import filter_startup_warnings
 
 DEBUG_ENV = "POSE_MEGATRON_DEBUG"
 EXIT_ERROR = 2
 # Set by torchrun for each worker; the agent reads {"message", "timestamp"} back when it fails.
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
-_CHECKPOINT_WRITER_LOGGER = "megatron.core.dist_checkpointing.strategies.filesystem_async"
 
 
 class UsageError(Exception):
@@ -139,9 +139,9 @@ def run(main: Callable, argv: Optional[Sequence[str]] = None, *, exit: bool = Tr
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     if not debug:
-        # Megatron-Core's checkpoint writer logs a failed write ("Local process 0 encountered an
-        # error: ...") before raising it; the raised error becomes the one line below.
-        logging.getLogger(_CHECKPOINT_WRITER_LOGGER).setLevel(logging.CRITICAL)
+        # Megatron-Core's checkpoint writer logs a failed write before raising it; the raised
+        # error becomes the one line below (megatron_compat says more)
+        logging.getLogger(CHECKPOINT_WRITER_LOGGER).setLevel(logging.CRITICAL)
     code = 0
     try:
         with _one_line_usage_errors():
