@@ -163,9 +163,13 @@ def _series(ckpt):
     return sorted(n for n in os.listdir(ckpt) if not n.startswith("."))
 
 
+def _env(**extra):
+    return child_env(POSE_TINY_CPU="1", OMP_NUM_THREADS="1", **extra)
+
+
 def _run(command, **env):
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=child_env(POSE_TINY_CPU="1", OMP_NUM_THREADS="1", **env))
+                          env=_env(**env))
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +177,9 @@ def bash_launched(tmp_path_factory):
     """The CPU mode as CI's README command runs it: ``bash examples/pose_llama7b.sh``."""
     tmp = tmp_path_factory.mktemp("bash")
     save = tmp / "ckpt"
-    done = _run(["bash", SCRIPT, "--log-json", str(tmp / "log.jsonl")], SAVE=str(save))
+    # this test's Python, as the torchrun launches below use (the bash launch's default: .venv's)
+    done = _run(["bash", SCRIPT, "--log-json", str(tmp / "log.jsonl")], SAVE=str(save),
+                PYTHON=sys.executable)
     assert done.returncode == 0, done.stderr[-3000:]
     return save
 
@@ -234,7 +240,7 @@ def test_torchrun_two_nodes_one_process_each_saves_the_bash_launchs_checkpoint(b
         [*TORCHRUN, "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
          "--master-addr", "127.0.0.1", "--master-port", port, SCRIPT],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=child_env(POSE_TINY_CPU="1", OMP_NUM_THREADS="1")) for rank in (0, 1)]
+        env=_env()) for rank in (0, 1)]
     outputs = [agent.communicate(timeout=600) for agent in agents]
     for agent, (_, err) in zip(agents, outputs):
         assert agent.returncode == 0, err[-3000:]
