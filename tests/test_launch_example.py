@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -144,8 +145,10 @@ def _tensors(ckpt, iteration=3):
     """Every tensor of one saved iteration (model, optimizer, RNG), by name."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    flat = str(ckpt) + f"-{iteration}.pt"
-    dcp_to_torch_save(os.path.join(ckpt, f"iter_{iteration:07d}"), flat)
+    with tempfile.TemporaryDirectory() as tmp:
+        flat = os.path.join(tmp, "flat.pt")
+        dcp_to_torch_save(os.path.join(ckpt, f"iter_{iteration:07d}"), flat)
+        state = torch.load(flat, weights_only=False)  # our own file, written just above
     out = {}
 
     def walk(d, prefix):
@@ -155,7 +158,7 @@ def _tensors(ckpt, iteration=3):
             elif isinstance(v, torch.Tensor):
                 out[prefix + k] = v
 
-    walk(torch.load(flat, weights_only=False), "")  # our own file, written just above
+    walk(state, "")
     return out
 
 
