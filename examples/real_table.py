@@ -97,14 +97,11 @@ def passkey_cell(value) -> str:
 
 
 def plot(cells: dict, png: str) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        print("plot skipped: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
-        return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pose_megatron.eval.plots import pyplot, save
 
+    plt = pyplot(png)  # None, and one line, without matplotlib
+    if plt is None:
+        return
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     panels = (("ppl", "perplexity: licences (first L tokens)"),
               ("ppl_pydoc", "perplexity: Python reference prose"),
@@ -130,8 +127,7 @@ def plot(cells: dict, png: str) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle("SmolLM2-135M-Instruct extended past its window (examples/reproduce_real.sh)")
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    print(f"wrote {png}", file=sys.stderr)
+    print(f"wrote {save(fig, png)}", file=sys.stderr)
 
 
 def main(argv=None) -> int:

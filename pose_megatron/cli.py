@@ -24,12 +24,14 @@ import argparse
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import sys
 import time
 from typing import Callable, Optional, Sequence
 
+from pose_megatron.megatron_compat import CHECKPOINT_WRITER_LOGGER
 from pose_megatron.startup_warnings import filter_startup_warnings
 
 DEBUG_ENV = "POSE_MEGATRON_DEBUG"
@@ -136,6 +138,10 @@ def run(main: Callable, argv: Optional[Sequence[str]] = None, *, exit: bool = Tr
     filter_startup_warnings()  # before the tool's first Megatron-Core import emits them
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
+    if not debug:
+        # Megatron-Core's checkpoint writer logs a failed write before raising it; the raised
+        # error becomes the one line below (megatron_compat says more)
+        logging.getLogger(CHECKPOINT_WRITER_LOGGER).setLevel(logging.CRITICAL)
     code = 0
     try:
         with _one_line_usage_errors():

@@ -34,6 +34,14 @@ Public, but used for a difference between releases:
     the .distcp files and writes no common.pt, which 0.16's ``load`` reads first. The subclass
     reads no common state; ``load``'s ``common_strategy`` argument is the documented way in.
 
+A logger name:
+
+``megatron.core.dist_checkpointing.strategies.filesystem_async`` (``CHECKPOINT_WRITER_LOGGER``)
+    Its writer logs a failed write ("Local process 0 encountered an error: ...") and then raises
+    the same error, which ``cli.run`` turns into the one ``error:`` line (a full disk names the
+    output and the disk); ``cli.run`` quiets this logger unless ``--debug``. A renamed module
+    only brings the extra line back, so no version check guards it.
+
 The version range below is the one these names were checked in (0.16.1 and 0.19.2 are tested:
 ``tests/test_megatron_compat.py``). Outside it, each helper fails with one clear error instead of
 patching something that may have changed meaning.
@@ -45,6 +53,7 @@ import re
 from typing import Callable, List
 
 SUPPORTED = ((0, 16), (0, 19))  # inclusive (major, minor) range checked against the source
+CHECKPOINT_WRITER_LOGGER = "megatron.core.dist_checkpointing.strategies.filesystem_async"
 
 
 def megatron_core_version() -> tuple[int, int]:

@@ -466,12 +466,13 @@ def _summary(name: str, counts: np.ndarray, first: int) -> str:
     return "\n".join(lines)
 
 
-def plot_coverage(distance: np.ndarray, position: np.ndarray, path: str, title: str) -> None:
-    import matplotlib
+def plot_coverage(distance: np.ndarray, position: np.ndarray, path: str, title: str) -> bool:
+    """Write the coverage histograms to ``path``; False when matplotlib is missing (skipped)."""
+    from pose_megatron.eval.plots import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot(path)
+    if plt is None:
+        return False
     fig, axes = plt.subplots(2, 1, figsize=(9, 6.5))
     axes[0].plot(np.arange(1, distance.size), np.maximum(distance[1:], 0.5), lw=0.6)
     axes[0].set_yscale("log")
@@ -482,9 +483,8 @@ def plot_coverage(distance: np.ndarray, position: np.ndarray, path: str, title: 
     axes[1].set_xlabel("absolute position")
     axes[1].set_ylabel("tokens trained")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
+    return True
 
 
 def main(argv=None) -> int:
@@ -531,10 +531,10 @@ def main(argv=None) -> int:
     print(_summary("relative distances 1..target-1", distance, 1))
     print(_summary("absolute positions 0..target-1", position, 0))
     if args.plot:
-        plot_coverage(distance, position, args.plot,
-                      f"PoSE {args.scheme}: {args.train_len} -> {args.target_len}, "
-                      f"{args.samples} samples")
-        print(f"wrote {args.plot}")
+        if plot_coverage(distance, position, args.plot,
+                         f"PoSE {args.scheme}: {args.train_len} -> {args.target_len}, "
+                         f"{args.samples} samples"):
+            print(f"wrote {args.plot}")
     return 0
 
 

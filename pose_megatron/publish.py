@@ -98,6 +98,40 @@ def write_json(path: str, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+# ----------------------------------------------------------------------------- a full disk
+
+
+# Below this much free space after a failed write, the failure is taken for a full disk: torch's
+# zip writer (torch.save, torch_dist shards) reports ENOSPC as "unexpected pos N vs M", without
+# the errno.
+_FULL_DISK_BYTES = 16 << 20
+
+
+def disk_full(path: str, err: BaseException) -> bool:
+    """Whether ``err``, raised while writing under ``path``, came from a full filesystem.
+    Ask before removing the partial output: that frees the space this looks at."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if "No space left on device" in str(err):
+        return True
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _FULL_DISK_BYTES
+
+
+def mount_point(path: str) -> str:
+    """The mount point of the filesystem holding ``path`` (the disk a full-disk error names)."""
+    path = os.path.realpath(path)
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
 # ----------------------------------------------------------------------------- inputs vs output
 
 
@@ -342,8 +376,17 @@ def publish_dir(out: str, *, force: bool = False, inputs: Optional[Dict[str, str
             yield tmp
             os.unlink(os.path.join(tmp, WRITER_RECORD))
             fsync_tree(tmp)
-        except BaseException:
+        except BaseException as err:
+            # not only Exception: torch's CheckpointException derives from BaseException
+            full = (not isinstance(err, (KeyboardInterrupt, SystemExit, GeneratorExit))
+                    and disk_full(parent, err))
             shutil.rmtree(tmp, ignore_errors=True)
+            if full:
+                kept = "; the previous output is kept" if os.path.lexists(out) else ""
+                raise OutputError(
+                    f"{flag} {out}: no space left on device (the filesystem at "
+                    f"{mount_point(parent)}) while writing it; the partial output is removed"
+                    f"{kept}: free space or pass another {flag}") from err
             raise
         if os.path.lexists(out):
             # Keep the previous output until the new one is complete, then swap. Killed between

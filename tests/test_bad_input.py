@@ -233,6 +233,18 @@ def test_damaged_hf_directory_is_one_line_naming_the_file(project, tmp_path, dam
     assert not out.exists()
 
 
+@pytest.mark.parametrize("damage", ["truncated shard", "header-truncated shard"])
+def test_damaged_hf_model_given_to_an_evaluation_is_one_line_naming_the_file(
+        project, tmp_path, damage, capsys):
+    from tools import eval_ppl
+
+    hf = _broken_hf(project, tmp_path, damage)
+    code, line = _run(eval_ppl.main, ["--model", hf, "--data", __file__, "--lengths", "32",
+                                      "--output-json", str(tmp_path / "ppl.json")], capsys)
+    assert code == 2 and line.startswith(f"error: {hf}/model.safetensors: "), line
+    assert "truncated" in line
+
+
 def test_missing_distcp_shard_is_one_line(project, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(project / "ckpt" / "pose", ckpt)
@@ -493,3 +505,22 @@ def test_full_disk_during_a_training_save_is_one_line_and_keeps_the_last_checkpo
     assert sorted(os.listdir(save)) == ["iter_0000001", "latest_checkpointed_iteration.txt",
                                         "pose_model.json"]
     assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+
+
+@pytest.mark.parametrize("fmt", ["torch_dist", "legacy"])
+def test_full_disk_during_a_conversion_is_one_line_and_leaves_nothing(project, small_disk, fmt):
+    """The converted tiny model (0.7 MB) does not fit in the 0.3 MB the filler leaves."""
+    st = os.statvfs(small_disk)
+    with open(small_disk / "filler", "wb") as f:
+        f.write(b"\0" * (st.f_bavail * st.f_frsize - (300 << 10)))
+    out = small_disk / "out"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(TOOLS, "convert_hf_to_megatron.py"), "--hf-dir",
+         str(project / "proj" / "hf"), "--out", str(out), "--format", fmt, "--no-progress"],
+        capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert _one_error_line(proc.stderr) == (
+        f"error: --out {out}: no space left on device (the filesystem at {small_disk}) while "
+        f"writing it; the partial output is removed: free space or pass another --out")
+    assert "encountered an error" not in proc.stderr  # Megatron's writer logs it no more
+    assert os.listdir(small_disk) == ["filler"]  # no partial output, temporary or lock

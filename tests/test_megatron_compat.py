@@ -77,3 +77,12 @@ def test_cpu_shims_uninstall_restores_torch_cuda_and_leaves_the_mode():
     finally:
         if was:
             cpu_shims.install()
+
+
+def test_checkpoint_writer_logger_is_the_writers_own():
+    """cli.run quiets this logger; it must be the one the torch_dist writer logs its errors to."""
+    import importlib
+    import logging
+
+    module = importlib.import_module(megatron_compat.CHECKPOINT_WRITER_LOGGER)
+    assert module.logger is logging.getLogger(megatron_compat.CHECKPOINT_WRITER_LOGGER)

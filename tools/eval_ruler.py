@@ -161,7 +161,7 @@ def report(entries, args, marks) -> None:
                                               for t in tasks])
     png = plot_heatmaps(panels, cli.plot_path(args), vlines=marks,
                         title="RULER score (%) by task and prompt length")
-    print(f"wrote {args.output_json} and {png}", file=sys.stderr)
+    print(f"wrote {args.output_json}{f' and {png}' if png else ''}", file=sys.stderr)
 
 
 def main(argv=None) -> int:

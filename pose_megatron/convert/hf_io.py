@@ -75,6 +75,18 @@ class _SafetensorsFile:
         self._base = 8 + n
         self._entries = header
 
+    def check_complete(self) -> None:
+        """Refuse a file shorter than its header says (a tensor read names it too, later)."""
+        size = os.path.getsize(self.path)
+        try:
+            end = max((int(e["data_offsets"][1]) for e in self._entries.values()), default=0)
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise ValueError(f"{self.path}: the safetensors header lists a tensor without valid "
+                             "data_offsets (damaged file?)") from None
+        if self._base + end > size:
+            raise ValueError(f"{self.path}: {size} bytes but its header places tensor data up "
+                             f"to byte {self._base + end}: truncated (copy or download it again)")
+
     def keys(self):
         return list(self._entries)
 
@@ -193,6 +205,14 @@ class HFCheckpoint:
     def dtype(self, name: str) -> torch.dtype:
         handle = self._handle(self._where[name])
         return handle[name].dtype if isinstance(handle, dict) else handle.get_dtype(name)
+
+    def check_files(self) -> None:
+        """Open every weights file (headers only): a damaged one fails here with its name,
+        before a reader that would not name it (transformers' ``from_pretrained``)."""
+        for filename in sorted(set(self._where.values())):
+            handle = self._handle(filename)
+            if isinstance(handle, _SafetensorsFile):
+                handle.check_complete()
 
     def nbytes(self) -> int:
         return sum(os.path.getsize(os.path.join(self.directory, f)) for f in set(self._where.values()))

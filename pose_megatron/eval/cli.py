@@ -150,4 +150,4 @@ def report(
          for e in entries},
         plot_path(args), vlines=marks, **plot_kwargs,
     )
-    print(f"wrote {args.output_json} and {png}", file=sys.stderr)
+    print(f"wrote {args.output_json}{f' and {png}' if png else ''}", file=sys.stderr)

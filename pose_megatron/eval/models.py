@@ -283,6 +283,11 @@ def load_hf_model(
             f"{path} is neither a HF model directory (no config.json) nor a pose_megatron "
             f"checkpoint (no {CONFIG_FILENAME})"
         )
+    from pose_megatron.convert.hf_io import HFCheckpoint
+
+    weights = HFCheckpoint(path)  # config.json and weight files readable, else one line naming it
+    weights.check_files()
+    weights.close()
     config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if rope_scaling is not None:
         _apply_rope_override(config, rope_scaling)

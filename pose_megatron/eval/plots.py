@@ -1,7 +1,12 @@
-"""PNG plots of evaluation curves (accuracy or perplexity vs length), one line per model."""
+"""PNG plots of evaluation curves (accuracy or perplexity vs length), one line per model.
+
+matplotlib is an optional extra (``pip install -e .[plots]``): without it every plot is skipped
+with one line saying how to get it, and the tool's results (table, JSON) are complete as ever.
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import Mapping, Optional, Sequence, Tuple
 
 Series = Mapping[str, Sequence[Tuple[float, float]]]
@@ -17,13 +22,16 @@ def plot_curves(
     log_y: bool = False,
     y_limits: Optional[Tuple[float, float]] = None,
     vlines: Mapping[str, float] = {},
-) -> str:
-    """Write a line plot of ``series`` ({name: [(x, y), ...]}) to ``path`` atomically.
+) -> Optional[str]:
+    """Write a line plot of ``series`` ({name: [(x, y), ...]}) to ``path`` atomically; returns
+    ``path``, or None when matplotlib is missing (see ``pyplot``).
 
     The x axis is log2-scaled since evaluation lengths are usually powers of two; ``vlines``
     marks lengths such as the training window ({label: x}).
     """
-    plt = _pyplot()
+    plt = pyplot(path)
+    if plt is None:
+        return None
     import matplotlib
     import matplotlib.ticker  # noqa: F401  (FuncFormatter below)
 
@@ -62,19 +70,25 @@ def plot_curves(
     ax.grid(True, alpha=0.3)
     if series:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
-def _pyplot():
-    import matplotlib
-
+def pyplot(path: str):
+    """matplotlib.pyplot (non-interactive), or None when matplotlib is not installed: then one
+    line says the plot ``path`` is skipped and how to get it."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"note: skipped the plot {path}: matplotlib is not installed (pip install "
+              f"matplotlib, or pip install -e '.[plots]')", file=sys.stderr, flush=True)
+        return None
     matplotlib.use("Agg")  # no display on servers; must precede pyplot
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def _save(fig, path: str) -> str:
+def save(fig, path: str) -> str:
     """Write ``fig`` to ``path`` as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
@@ -96,12 +110,15 @@ def plot_heatmaps(
     title: str = "",
     value_range: Tuple[float, float] = (0, 100),
     vlines: Mapping[str, float] = {},
-) -> str:
+) -> Optional[str]:
     """One annotated heat map per model: {name: (row labels, column lengths, values[row][col])},
-    NaN for cells not run; ``vlines`` marks lengths (e.g. the training window) between columns."""
+    NaN for cells not run; ``vlines`` marks lengths (e.g. the training window) between columns.
+    Returns ``path``, or None when matplotlib is missing."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot(path)
+    if plt is None:
+        return None
     n = max(1, len(panels))
     rows = max((len(r) for r, _, _ in panels.values()), default=1)
     cols = sum(max(1, len(c)) for _, c, _ in panels.values())
@@ -128,4 +145,4 @@ def plot_heatmaps(
                             rotation=90, va="bottom", ha="right")
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)

@@ -23,7 +23,6 @@ load and replaced on the next save.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 import random
 import shutil
@@ -155,30 +154,10 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler, *,
     return final
 
 
-# Below this much free space after a failed save, the failure is taken for a full disk: torch's
-# zip writer reports ENOSPC as "unexpected pos N vs M", without the errno.
-_FULL_DISK_BYTES = 16 << 20
-
-
-def _disk_full(path: str, err: BaseException) -> bool:
-    seen = err
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    if "No space left on device" in str(err):
-        return True
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < _FULL_DISK_BYTES
-
-
 def _failed_save(root: str, tmp: str, iteration: int, err: BaseException) -> None:
     """A save that raised: its partial shards are removed (on a full disk they hold the space
     the next save needs), and a full disk becomes one line saying what is kept."""
-    full = _disk_full(root, err)
+    full = publish.disk_full(root, err)
     if _rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     if full:
