@@ -224,6 +224,10 @@ def setup(args) -> Trainer:
     model_args = model_args_from(args, saved.model_args if saved else None)
     if resuming:
         check_resume_settings(args, saved, model_args)
+    if saved is not None and saved.hybrid_pattern and args.model_class != "hybrid":
+        raise SystemExit(
+            f"error: --load {args.load} was saved by a HybridModel run (layers "
+            f"{saved.hybrid_pattern}); pass --model-class hybrid (megatron-core >= 0.19) to load it")
     if args.pose_target_len > model_args.max_position:
         raise SystemExit(
             f"error: --pose-target-len {args.pose_target_len} exceeds the model's RoPE range "
@@ -257,7 +261,7 @@ def setup(args) -> Trainer:
     chunk = build_model(
         model_args, pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(), spec=_spec(args, device),
-        params_dtype=params_dtype, **overrides)
+        params_dtype=params_dtype, model_class=args.model_class, **overrides)
     chunk.to(device)
     config = chunk.config
     ddp_config = DistributedDataParallelConfig(
