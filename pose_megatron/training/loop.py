@@ -220,14 +220,14 @@ def setup(args) -> Trainer:
 
     save_lock = checkpointing.lock_save_dir(args.save) if args.save else None
     saved = checkpointing.inspect_checkpoint(args.load) if args.load else None
-    resuming = saved is not None and not saved.release and not args.finetune
-    model_args = model_args_from(args, saved.model_args if saved else None)
-    if resuming:
-        check_resume_settings(args, saved, model_args)
     if saved is not None and saved.hybrid_pattern and args.model_class != "hybrid":
         raise SystemExit(
             f"error: --load {args.load} was saved by a HybridModel run (layers "
             f"{saved.hybrid_pattern}); pass --model-class hybrid (megatron-core >= 0.19) to load it")
+    resuming = saved is not None and not saved.release and not args.finetune
+    model_args = model_args_from(args, saved.model_args if saved else None)
+    if resuming:
+        check_resume_settings(args, saved, model_args)
     if args.pose_target_len > model_args.max_position:
         raise SystemExit(
             f"error: --pose-target-len {args.pose_target_len} exceeds the model's RoPE range "
