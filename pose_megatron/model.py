@@ -86,9 +86,11 @@ def hybrid_layer_pattern(num_layers: int, stages: int = 1) -> str:
     return "|".join(["*-" * (num_layers // stages)] * stages)
 
 
-def hybrid_stack_spec(spec: str, config: TransformerConfig):
+def hybrid_stack_spec(spec: str, normalization: str = "RMSNorm"):
     """The ``HybridStack`` spec for ``*-`` patterns: Megatron-Core's own (Transformer Engine) for
-    ``spec='te'``, else one assembled from the GPT local layer spec's modules."""
+    ``spec='te'``, else one assembled from the GPT local layer spec's modules (Megatron-LM's
+    ``pretrain_hybrid.py`` takes it as ``--spec pose_megatron.hybrid_local_spec
+    hybrid_stack_spec``)."""
     megatron_compat.require_hybrid("a hybrid model (model_class='hybrid')")
     if _resolve_spec(spec) == "te":
         from megatron.core.models.hybrid.hybrid_layer_specs import hybrid_stack_spec as te_spec
@@ -100,7 +102,9 @@ def hybrid_stack_spec(spec: str, config: TransformerConfig):
     from megatron.core.transformer.transformer_layer import (TransformerLayer,
                                                              TransformerLayerSubmodules)
 
-    gpt = _layer_spec("local", config).submodules
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    gpt = get_gpt_layer_local_spec(normalization=normalization).submodules
     # the GPT local layer's checkpoint names (its norms under the fused TE names), split by half
     names = gpt.sharded_state_dict_keys_map
     attention = ModuleSpec(module=TransformerLayer, submodules=TransformerLayerSubmodules(
@@ -202,7 +206,7 @@ def build_model(
         stages = ps.get_pipeline_model_parallel_world_size() * (
             ps.get_virtual_pipeline_model_parallel_world_size() or 1)
         return pose_hybrid_model_class()(
-            hybrid_stack_spec=hybrid_stack_spec(spec, config),
+            hybrid_stack_spec=hybrid_stack_spec(spec, config.normalization),
             hybrid_layer_pattern=hybrid_layer_pattern(args.num_layers, stages), **common)
     return PoseGPTModel(transformer_layer_spec=_layer_spec(spec, config), **common)
 

@@ -312,7 +312,7 @@ def _stock_model(args, position_embedding_type, model_class="gpt", **gpt_kwargs)
 
         from pose_megatron.model import hybrid_layer_pattern, hybrid_stack_spec
 
-        return HybridModel(config, hybrid_stack_spec("local", config), vocab_size=VOCAB,
+        return HybridModel(config, hybrid_stack_spec("local"), vocab_size=VOCAB,
                            max_sequence_length=args.max_position,
                            hybrid_layer_pattern=hybrid_layer_pattern(args.num_layers),
                            position_embedding_type=position_embedding_type,
