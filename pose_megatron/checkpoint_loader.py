@@ -26,13 +26,17 @@ def _resolve_dtype(dtype, args: ModelArgs) -> torch.dtype:
     return megatron_io.DTYPES[dtype]
 
 
-def _load_dist(model, path: str) -> None:
+def _load_dist(model, path: str, *, translate: bool = False) -> None:
     from megatron.core.dist_checkpointing import ShardedObject
 
     # _extra_state holds no weights (None for the local spec, FP8 metadata for TE); leaving it
     # out lets a checkpoint written with one spec load into the other.
     request = {k: v for k, v in model.sharded_state_dict().items()
                if not isinstance(v, ShardedObject)}
+    if translate:  # a GPT checkpoint into a HybridModel: Megatron-Core's load-time translation
+        from pose_megatron import megatron_compat
+
+        megatron_compat.retarget_to_gpt_checkpoint(request, model.hybrid_layer_pattern)
     # the same top-level layout as Megatron-LM's checkpoints ({"model": ..., "iteration": ...})
     loaded = megatron_io.load_sharded({"model": request}, path)
     _apply(model, loaded["model"], path)
@@ -63,12 +67,15 @@ def _apply(model, state: dict, path: str) -> None:
 
 def load_megatron_model(
     ckpt_dir: str, *, device: str = "cpu", dtype=None, iteration: Optional[int] = None,
-    spec: str = "auto", rope_precision: str = "float32",
+    spec: str = "auto", rope_precision: str = "float32", model_class: Optional[str] = None,
 ):
-    """The plugin's Megatron-Core GPTModel (this rank's part), weights loaded, in eval mode.
+    """The plugin's Megatron-Core model (this rank's part), weights loaded, in eval mode.
 
     ``forward(input_ids, position_ids, attention_mask=None)`` returns logits ``[b, s, vocab]`` on
     the last pipeline stage. ``dtype`` defaults to the dtype the checkpoint stores.
+    ``model_class``: None builds the class that saved the checkpoint (a GPTModel, or a HybridModel
+    for a hybrid run's checkpoint); ``"hybrid"`` also loads a GPT checkpoint, into a HybridModel,
+    through Megatron-Core's load-time translation (megatron-core 0.19+).
     """
     from megatron.core import parallel_state as ps
 
@@ -84,9 +91,19 @@ def load_megatron_model(
         parallel.initialize(1, 1, device=device)
     if device == "cpu" and spec == "auto":
         spec = "local"
-    model = build_model(args, spec=spec, params_dtype=params_dtype, rope_precision=rope_precision)
+    saved_class = "hybrid" if fmt == "torch_dist" and megatron_io.checkpoint_hybrid_pattern(path) \
+        else "gpt"
+    model_class = model_class or saved_class
+    if saved_class == "hybrid" and model_class != "hybrid":
+        raise ValueError(f"{ckpt_dir}: saved by a HybridModel run; load it with "
+                         "model_class='hybrid'")
+    if fmt == "legacy" and model_class != "gpt":
+        raise ValueError(f"{ckpt_dir}: a legacy (per-rank) checkpoint loads into a GPTModel only; "
+                         "convert it with --format torch_dist for a HybridModel")
+    model = build_model(args, spec=spec, params_dtype=params_dtype, rope_precision=rope_precision,
+                        model_class=model_class)
     if fmt == "torch_dist":
-        _load_dist(model, path)
+        _load_dist(model, path, translate=model_class != saved_class)
     else:
         _load_legacy(model, args, path)
     return model.to(device).eval()

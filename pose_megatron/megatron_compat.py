@@ -42,6 +42,21 @@ A logger name:
     output and the disk); ``cli.run`` quiets this logger unless ``--debug``. A renamed module
     only brings the extra line back, so no version check guards it.
 
+Hybrid models (megatron-core 0.19+; ``pose_megatron.model`` builds them with ``model_class="hybrid"``):
+
+``megatron.core.models.hybrid.hybrid_block.HybridStack``: its final norm
+    ``HybridStack.__init__`` builds ``final_norm`` with a hard-coded ``TENorm`` (0.19.x), which
+    raises without Transformer Engine even when every layer of the stack spec is a local one.
+    ``local_hybrid_stack`` returns a subclass that builds the stack without it
+    (``post_layer_norm=False``) and then adds the local spec's own norm under the same name, so
+    the state-dict key (``decoder.final_norm.weight``) and the forward are the stock ones.
+
+``megatron.core.dist_checkpointing.gpt_checkpoint_interop``
+    Megatron-LM's own loader (``megatron/training/checkpointing.py``, not in the megatron-core
+    wheel) uses it to load a GPT checkpoint into a hybrid run ("translate at load time");
+    ``retarget_to_gpt_checkpoint`` does the same for pose_megatron's loaders, so the converters'
+    GPT-layout checkpoints and GPT training runs feed hybrid runs without an offline conversion.
+
 The version range below is the one these names were checked in (0.16.1 and 0.19.2 are tested:
 ``tests/test_megatron_compat.py``). Outside it, each helper fails with one clear error instead of
 patching something that may have changed meaning.
@@ -109,3 +124,64 @@ def dataset_key_config_attributes() -> List[str]:
     from megatron.core.datasets.megatron_dataset import MegatronDataset
 
     return list(MegatronDataset._key_config_attributes())
+
+
+# ----------------------------------------------------------------------------- hybrid models
+
+HYBRID_MIN = (0, 19)  # the first megatron-core release with models/hybrid (HybridModel)
+
+
+def hybrid_model_class(version: tuple[int, int] | None = None):
+    """Megatron-Core's ``HybridModel``, or None where this megatron-core has none (0.16)."""
+    version = version or megatron_core_version()
+    if version < HYBRID_MIN:
+        return None
+    from megatron.core.models.hybrid.hybrid_model import HybridModel
+
+    return HybridModel
+
+
+def require_hybrid(what: str, version: tuple[int, int] | None = None) -> None:
+    """One-line refusal where this megatron-core has no HybridModel."""
+    version = version or megatron_core_version()
+    if version < HYBRID_MIN:
+        raise RuntimeError(
+            f"{what} needs megatron-core >= {HYBRID_MIN[0]}.{HYBRID_MIN[1]} (HybridModel); this "
+            f"is megatron-core {version[0]}.{version[1]}: install megatron-core>="
+            f"{HYBRID_MIN[0]}.{HYBRID_MIN[1]} or use the GPTModel path (--model-class gpt)")
+    check_version(what, version)
+
+
+_LOCAL_STACKS: dict = {}
+
+
+def local_hybrid_stack(final_norm):
+    """``HybridStack`` whose final norm is ``final_norm`` (a local norm class) instead of TENorm."""
+    require_hybrid("a hybrid stack with local layers")
+    if final_norm in _LOCAL_STACKS:
+        return _LOCAL_STACKS[final_norm]
+    from megatron.core.models.hybrid.hybrid_block import HybridStack
+
+    class LocalNormHybridStack(HybridStack):
+        def __init__(self, config, submodules, *args, post_layer_norm: bool = True, **kwargs):
+            super().__init__(config, submodules, *args, post_layer_norm=False, **kwargs)
+            self.post_layer_norm = post_layer_norm
+            if self.post_process and post_layer_norm:
+                self.final_norm = final_norm(config=config, hidden_size=config.hidden_size,
+                                             eps=config.layernorm_epsilon)
+
+    LocalNormHybridStack.__qualname__ = LocalNormHybridStack.__name__ = (
+        f"HybridStack[{getattr(final_norm, '__name__', final_norm)}]")
+    _LOCAL_STACKS[final_norm] = LocalNormHybridStack
+    return LocalNormHybridStack
+
+
+def retarget_to_gpt_checkpoint(sharded_state_dict, hybrid_layer_pattern: str) -> None:
+    """Point a hybrid model's (or its optimizer's) sharded state dict at a GPT checkpoint's keys,
+    in place: Megatron-Core's load-time translation (``gpt_checkpoint_interop``)."""
+    require_hybrid("loading a GPT checkpoint into a hybrid model")
+    from megatron.core.dist_checkpointing.gpt_checkpoint_interop import (
+        gpt_compatible_layer_maps, retarget_sharded_state_dict_to_gpt_checkpoint)
+
+    retarget_sharded_state_dict_to_gpt_checkpoint(
+        sharded_state_dict, gpt_compatible_layer_maps(hybrid_layer_pattern))

@@ -1,6 +1,10 @@
 """HF logits == plugin logits on converted checkpoints (fp32, max abs diff <= 1e-4), with
 per-sample PoSE position ids, at TP=1 (every family), TP=2 and PP=2 (gloo, 2 processes); a
-checkpoint re-saved by the TP=2 / PP=2 model converts back to HF bit for bit."""
+checkpoint re-saved by the TP=2 / PP=2 model converts back to HF bit for bit.
+
+On megatron-core 0.19+ the same converted (GPT-layout) checkpoints also load into a HybridModel
+through Megatron-Core's load-time translation (LLaMA and Qwen2 at TP=1, TP=2 and PP=2), and the
+hybrid-layout checkpoint it re-saves converts back to HF bit for bit."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import torch
 from pose_megatron.positions import pose_position_ids_batch
 from tests.test_convert_fixtures import FAMILIES, hf_state, make_hf_model, save_hf_model
 from tests.distributed import run_distributed
+from tests.test_model_rope import have_hybrid, needs_hybrid
 
 TRAIN_LEN, TARGET_LEN = 24, 96
 
@@ -56,8 +61,16 @@ def _tp1_body(rank, world, hf_dirs, root):
             model = load_megatron_model(ckpt)
             with torch.no_grad():
                 out[family, tag] = model(ids, pos)
+        if family in HYBRID_FAMILIES and have_hybrid():
+            model = load_megatron_model(mg, model_class="hybrid")  # Megatron's translation
+            assert type(model).__name__ == "PoseHybridModel"
+            with torch.no_grad():
+                out[family, "hybrid"] = model(ids, pos)
     parallel.destroy()
     return out
+
+
+HYBRID_FAMILIES = ("llama3_untied", "qwen2")  # LLaMA (GQA, untied), Qwen2 (biases, tied)
 
 
 def _convert_body(rank, world, src, dst):
@@ -74,14 +87,16 @@ def test_logits_tp1_every_family(converted):
     assert not torch.equal(pos[0], pos[1])  # per-sample positions
     for family, src in hf_dirs.items():
         want = _hf_logits(src)
-        for tag in ("dist", "legacy22"):
+        tags = ("dist", "legacy22") + (("hybrid",) if family in HYBRID_FAMILIES and have_hybrid()
+                                       else ())
+        for tag in tags:
             logits = got[family, tag]
             assert logits.shape == (3, TRAIN_LEN, 256)
             diff = (logits - want).abs().max().item()
             assert diff <= 1e-4, (family, tag, diff)
 
 
-def _parallel_body(rank, world, ckpt, resave, hf_out, tp, pp):
+def _parallel_body(rank, world, ckpt, resave, hf_out, tp, pp, model_class):
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
@@ -91,7 +106,7 @@ def _parallel_body(rank, world, ckpt, resave, hf_out, tp, pp):
     from pose_megatron.convert import megatron_io, megatron_to_hf
 
     parallel.initialize(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
-    model = load_megatron_model(ckpt)
+    model = load_megatron_model(ckpt, model_class=model_class)
     ids, pos = _inputs()
     logits = None
     with torch.no_grad():
@@ -119,24 +134,29 @@ def _parallel_body(rank, world, ckpt, resave, hf_out, tp, pp):
         ModelArgs.load(ckpt).save(resave)
         megatron_io.write_tracker(resave, 7)
     dist.barrier()
+    if model_class == "hybrid":  # the re-save is in the hybrid layout the reader must know
+        assert megatron_io.checkpoint_hybrid_pattern(path) == "*-" * ModelArgs.load(ckpt).num_layers
     megatron_to_hf(resave, f"{hf_out}-rank{rank}", progress=False)
     parallel.destroy()
     return logits
 
 
-@pytest.mark.parametrize("family,tp,pp", [
-    ("qwen2", 2, 1),  # q/k/v biases split by query group, tied embeddings split by vocab
-    ("llama3_tied", 1, 2),  # the last stage's copy of the tied embedding
-    pytest.param("llama3_untied", 2, 1, marks=pytest.mark.slow),
-    pytest.param("mistral", 1, 2, marks=pytest.mark.slow),
+@pytest.mark.parametrize("family,tp,pp,model_class", [
+    ("qwen2", 2, 1, "gpt"),  # q/k/v biases split by query group, tied embeddings split by vocab
+    ("llama3_tied", 1, 2, "gpt"),  # the last stage's copy of the tied embedding
+    # the converter's GPT checkpoint in a HybridModel (Megatron's load-time translation)
+    pytest.param("qwen2", 2, 1, "hybrid", marks=needs_hybrid),
+    pytest.param("llama3_untied", 1, 2, "hybrid", marks=needs_hybrid),
+    pytest.param("llama3_untied", 2, 1, "gpt", marks=pytest.mark.slow),
+    pytest.param("mistral", 1, 2, "gpt", marks=pytest.mark.slow),
 ])
-def test_logits_and_resave_tp2_pp2(converted, family, tp, pp, tmp_path):
+def test_logits_and_resave_tp2_pp2(converted, family, tp, pp, model_class, tmp_path):
     root, hf_dirs = converted
     ckpt = str(root / f"{family}-dist")
     if not os.path.isdir(ckpt):  # run alone (e.g. -m slow): convert here instead of skipping
         run_distributed(_convert_body, 1, hf_dirs[family], ckpt)
     results = run_distributed(_parallel_body, 2, ckpt, str(tmp_path / "resave"),
-                              str(tmp_path / "hf"), tp, pp)
+                              str(tmp_path / "hf"), tp, pp, model_class)
     logits = results[0] if pp == 1 else results[1]
     diff = (logits - _hf_logits(hf_dirs[family])).abs().max().item()
     assert diff <= 1e-4, diff

@@ -12,8 +12,8 @@ import subprocess
 import pytest
 import torch
 
-from tests.test_model_rope import (hf_logits, hf_model, hf_to_megatron, load_into, megatron_logits,
-                                   model_args, pose_batch)
+from tests.test_model_rope import (MODEL_CLASSES, hf_logits, hf_model, hf_to_megatron, load_into,
+                                   megatron_logits, model_args, pose_batch)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICE = os.environ.get("GPU_CHECK_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
@@ -32,7 +32,8 @@ def mp_device():
 @pytest.mark.skipif(DEVICE is None, reason="needs CUDA (or GPU_CHECK_DEVICE=cpu)")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", ["llama3", "yarn"])
-def test_cuda_logits_match_hf_with_pose_ids(mp_device, name, dtype):
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_cuda_logits_match_hf_with_pose_ids(mp_device, name, dtype, model_class):
     from pose_megatron.model import build_model
 
     if mp_device == "cuda":
@@ -42,15 +43,15 @@ def test_cuda_logits_match_hf_with_pose_ids(mp_device, name, dtype):
     tokens, pos = pose_batch(name)
     expected = hf_logits(name, tokens, pos)
     model = build_model(model_args(name), spec="local", params_dtype=params_dtype,
-                        bf16=dtype == "bfloat16")
-    load_into(model, hf_to_megatron(hf_model(name).state_dict()))
+                        bf16=dtype == "bfloat16", model_class=model_class)
+    load_into(model, hf_to_megatron(hf_model(name).state_dict(), model_class=model_class))
     model.to(mp_device)
     got = megatron_logits(model, tokens, pos)
     diff = (got - expected).abs().max().item()
     scale = expected.abs().max().item()
     # fp32 without TF32: rounding only. bf16 (8-bit mantissa) through 2 layers: ~1% of the range.
     tolerance = 1e-4 if dtype == "float32" else 3e-2 * max(1.0, scale)
-    print(f"parity {name} {dtype} on {mp_device}: max |logit diff| {diff:.3g} "
+    print(f"parity {model_class} {name} {dtype} on {mp_device}: max |logit diff| {diff:.3g} "
           f"(tolerance {tolerance:.3g}, logits up to {scale:.3g})")
     assert diff <= tolerance, f"{name} {dtype}: {diff}"
     if dtype == "float32":  # the skipped ids mattered: contiguous ids give other logits

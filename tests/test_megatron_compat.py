@@ -86,3 +86,28 @@ def test_checkpoint_writer_logger_is_the_writers_own():
 
     module = importlib.import_module(megatron_compat.CHECKPOINT_WRITER_LOGGER)
     assert module.logger is logging.getLogger(megatron_compat.CHECKPOINT_WRITER_LOGGER)
+
+
+def test_hybrid_model_is_refused_in_one_line_before_0_19():
+    with pytest.raises(RuntimeError, match=r"^--model-class hybrid needs megatron-core >= 0\.19 "
+                                           r"\(HybridModel\); this is megatron-core 0\.16: "):
+        megatron_compat.require_hybrid("--model-class hybrid", (0, 16))
+    have = megatron_compat.hybrid_model_class()
+    assert (have is None) == (megatron_compat.megatron_core_version() < (0, 19))
+
+
+@pytest.mark.skipif(megatron_compat.hybrid_model_class() is None,
+                    reason="megatron-core 0.16 has no HybridModel")
+def test_hybrid_names_are_the_ones_the_adapters_use():
+    import inspect
+
+    from megatron.core.dist_checkpointing import gpt_checkpoint_interop as interop
+    from megatron.core.models.hybrid.hybrid_block import HybridStack
+
+    # local_hybrid_stack builds the stack without its TENorm final norm, then adds its own
+    assert "post_layer_norm" in inspect.signature(HybridStack.__init__).parameters
+    assert "final_norm" in inspect.getsource(HybridStack.__init__)
+    maps = interop.gpt_compatible_layer_maps("*-*-|*-*-")
+    assert maps.num_gpt_layers == 4 and dict(maps.attention_to_gpt) == {0: 0, 2: 1, 4: 2, 6: 3}
+    assert list(inspect.signature(interop.retarget_sharded_state_dict_to_gpt_checkpoint)
+                .parameters) == ["sharded_state_dict", "layer_maps"]

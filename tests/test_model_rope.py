@@ -1,9 +1,11 @@
-"""Model-level RoPE checks: HF LlamaForCausalLM vs our Megatron-Core GPTModel with the same weights.
+"""Model-level RoPE checks: HF LlamaForCausalLM vs our Megatron-Core GPTModel (and HybridModel,
+megatron-core 0.19+) with the same weights.
 
 The HF -> Megatron weight mapping below is written by hand for the test (the real converter lives
 in pose_megatron/convert/): linear_qkv holds, per query group, [its query heads, k, v]; fc1 is
 cat(gate, up); tensor parallelism splits groups, the fc1 halves, vocab rows and the input columns
-of the row-parallel layers.
+of the row-parallel layers. A HybridModel holds block i's attention in layer 2i and its MLP in
+layer 2i+1, and the final norm as ``final_norm``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,18 @@ from tests.distributed import run_distributed
 
 VOCAB, HIDDEN, FFN, LAYERS, HEADS, GROUPS, HEAD_DIM, WINDOW = 256, 64, 128, 2, 4, 2, 16, 256
 TRAIN_LEN = 24
+
+
+def have_hybrid() -> bool:
+    from pose_megatron import megatron_compat
+
+    return megatron_compat.hybrid_model_class() is not None
+
+
+needs_hybrid = pytest.mark.skipif(
+    not have_hybrid(), reason="HybridModel needs megatron-core >= 0.19 (this one has GPTModel only)")
+HYBRID = pytest.param("hybrid", marks=needs_hybrid)
+MODEL_CLASSES = ["gpt", HYBRID]
 
 ROPE_CASES = {
     "default": None,
@@ -90,8 +104,21 @@ def hf_model(name, seed=0):
     return model
 
 
+def to_hybrid(weights):
+    """GPTModel local-spec names -> HybridModel ones (``*-`` per block)."""
+    out = {}
+    for key, value in weights.items():
+        parts = key.split(".")
+        if key.startswith("decoder.layers."):
+            layer = int(parts[2])
+            mlp = parts[3] in ("mlp", "pre_mlp_layernorm")
+            key = ".".join(["decoder", "layers", str(2 * layer + mlp), *parts[3:]])
+        out[key.replace("decoder.final_layernorm.", "decoder.final_norm.")] = value
+    return out
+
+
 def hf_to_megatron(hf_state, tp_rank=0, tp_size=1, layer_offset=0, num_local_layers=LAYERS,
-                   pre_process=True, post_process=True):
+                   pre_process=True, post_process=True, model_class="gpt"):
     """Hand mapping of HF LLaMA weights onto the Megatron-Core local-spec names of one TP rank."""
     def rows(t):
         return t.chunk(tp_size, dim=0)[tp_rank]
@@ -121,7 +148,7 @@ def hf_to_megatron(hf_state, tp_rank=0, tp_size=1, layer_offset=0, num_local_lay
     if post_process:
         out["decoder.final_layernorm.weight"] = hf_state["model.norm.weight"]
         out["output_layer.weight"] = rows(hf_state["lm_head.weight"])
-    return out
+    return to_hybrid(out) if model_class == "hybrid" else out
 
 
 def load_into(model, weights):
@@ -177,14 +204,16 @@ def mp():
 # TP = 1: every rope type, PoSE-skipped per-sample ids
 
 
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
 @pytest.mark.parametrize("name", list(ROPE_CASES))
-def test_logits_match_hf_per_sample_positions(mp, name):
+def test_logits_match_hf_per_sample_positions(mp, name, model_class):
     from pose_megatron.model import build_model
 
     tokens, pos = pose_batch(name)
     expected = hf_logits(name, tokens, pos)
-    model = build_model(model_args(name), spec="local")
-    load_into(model, hf_to_megatron(hf_model(name).state_dict()))
+    model = build_model(model_args(name), spec="local", model_class=model_class)
+    assert type(model).__name__ == {"gpt": "PoseGPTModel", "hybrid": "PoseHybridModel"}[model_class]
+    load_into(model, hf_to_megatron(hf_model(name).state_dict(), model_class=model_class))
     got = megatron_logits(model, tokens, pos)
     assert got.shape == expected.shape == (3, TRAIN_LEN, VOCAB)
     diff = (got - expected).abs().max().item()
@@ -263,7 +292,7 @@ def test_state_dict_keys_are_stock(mp):
 # arange positions: bit for bit equal to stock Megatron-Core RoPE
 
 
-def _stock_model(args, position_embedding_type, **gpt_kwargs):
+def _stock_model(args, position_embedding_type, model_class="gpt", **gpt_kwargs):
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
@@ -278,6 +307,16 @@ def _stock_model(args, position_embedding_type, **gpt_kwargs):
         config.yarn_beta_fast, config.yarn_beta_slow = 32.0, 1.0
         config.yarn_mscale, config.yarn_mscale_all_dim = 1.0, 0.0
         config.yarn_correction_range_round_to_int = True
+    if model_class == "hybrid":  # as Megatron-LM's hybrid_builder builds it, with our local spec
+        from megatron.core.models.hybrid.hybrid_model import HybridModel
+
+        from pose_megatron.model import hybrid_layer_pattern, hybrid_stack_spec
+
+        return HybridModel(config, hybrid_stack_spec("local"), vocab_size=VOCAB,
+                           max_sequence_length=args.max_position,
+                           hybrid_layer_pattern=hybrid_layer_pattern(args.num_layers),
+                           position_embedding_type=position_embedding_type,
+                           rotary_base=args.rope_theta, **gpt_kwargs)
     return GPTModel(config, get_gpt_layer_local_spec(normalization="RMSNorm"), vocab_size=VOCAB,
                     max_sequence_length=args.max_position,
                     position_embedding_type=position_embedding_type,
@@ -397,17 +436,19 @@ def test_enable_pose_rope_on_wrapped_chunks(mp):
 # enable_pose_rope on a model a Megatron-LM model_provider built
 
 
-@pytest.mark.parametrize("name", ["linear", "yarn"])
-def test_enable_pose_rope_on_stock_model(mp, name):
-    # As pose_megatron.megatron_lm wraps a Megatron-LM model provider: a stock GPTModel (built
-    # with this RoPE type's softmax scale), then enable_pose_rope.
+@pytest.mark.parametrize("name,model_class", [("linear", "gpt"), ("yarn", "gpt"),
+                                              pytest.param("yarn_pose", "hybrid",
+                                                           marks=needs_hybrid)])
+def test_enable_pose_rope_on_stock_model(mp, name, model_class):
+    # As pose_megatron.megatron_lm wraps a Megatron-LM model provider: a stock GPTModel or
+    # HybridModel (built with this RoPE type's softmax scale), then enable_pose_rope.
     from pose_megatron.model import enable_pose_rope
     from pose_megatron.rotary import PoseRotaryEmbedding
 
     args = model_args(name)
     tokens, pos = pose_batch(name)
-    stock = _stock_model(args, "rope")
-    load_into(stock, hf_to_megatron(hf_model(name).state_dict()))
+    stock = _stock_model(args, "rope", model_class)
+    load_into(stock, hf_to_megatron(hf_model(name).state_dict(), model_class=model_class))
     stock.eval()
     enable_pose_rope(stock, args)
     assert isinstance(stock.rotary_pos_emb, PoseRotaryEmbedding)
@@ -462,17 +503,23 @@ def test_dynamic_warns_in_training(mp):
 # TP = 2 and PP = 2 in two gloo processes
 
 
-def _tp2_body(rank, world):
+# every type on the GPTModel; two on the HybridModel, whose RoPE path is the same (TP=1 above
+# checks every type on it)
+PARALLEL_CASES = {"gpt": list(ROPE_CASES), "hybrid": ["yarn_pose", "longrope"]}
+
+
+def _tp2_body(rank, world, model_class):
     from pose_megatron import parallel
     from pose_megatron.model import build_model
 
     parallel.initialize(tensor_model_parallel_size=2)
     diffs = {}
-    for name in ROPE_CASES:
+    for name in PARALLEL_CASES[model_class]:
         tokens, pos = pose_batch(name)
         hf = hf_model(name)
-        model = build_model(model_args(name), spec="local")
-        load_into(model, hf_to_megatron(hf.state_dict(), tp_rank=rank, tp_size=2))
+        model = build_model(model_args(name), spec="local", model_class=model_class)
+        load_into(model, hf_to_megatron(hf.state_dict(), tp_rank=rank, tp_size=2,
+                                        model_class=model_class))
         got = megatron_logits(model, tokens, pos)
         with torch.no_grad():
             expected = hf(input_ids=tokens, position_ids=pos).logits
@@ -480,15 +527,16 @@ def _tp2_body(rank, world):
     return diffs
 
 
-def test_logits_match_hf_tp2():
-    results = run_distributed(_tp2_body, 2)
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_logits_match_hf_tp2(model_class):
+    results = run_distributed(_tp2_body, 2, model_class)
     for rank_diffs in results:
-        assert set(rank_diffs) == set(ROPE_CASES)
+        assert set(rank_diffs) == set(PARALLEL_CASES[model_class])
         for name, diff in rank_diffs.items():
-            assert diff <= 1e-4, f"TP=2 {name}: max |logit diff| {diff}"
+            assert diff <= 1e-4, f"TP=2 {model_class} {name}: max |logit diff| {diff}"
 
 
-def _pp2_body(rank, world):
+def _pp2_body(rank, world, model_class):
     import torch.distributed as dist
 
     from pose_megatron import parallel
@@ -499,12 +547,12 @@ def _pp2_body(rank, world):
     for name in ("yarn", "llama3"):
         tokens, pos = pose_batch(name)
         hf = hf_model(name)
-        model = build_model(model_args(name), spec="local")
+        model = build_model(model_args(name), spec="local", model_class=model_class)
         model.eval()
         assert (model.pre_process, model.post_process) == (rank == 0, rank == 1)
         load_into(model, hf_to_megatron(hf.state_dict(), layer_offset=rank * LAYERS // 2,
                                         num_local_layers=LAYERS // 2, pre_process=rank == 0,
-                                        post_process=rank == 1))
+                                        post_process=rank == 1, model_class=model_class))
         with torch.no_grad():
             if rank == 0:
                 hidden = call(model, tokens, pos)  # [s, b, h]
@@ -519,8 +567,9 @@ def _pp2_body(rank, world):
     return out
 
 
-def test_logits_match_hf_pp2_every_stage_uses_position_ids():
-    _, last = run_distributed(_pp2_body, 2)
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_logits_match_hf_pp2_every_stage_uses_position_ids(model_class):
+    _, last = run_distributed(_pp2_body, 2, model_class)
     assert set(last) == {"yarn", "llama3"}
     for name, diff in last.items():
         assert diff <= 1e-4, f"PP=2 {name}: max |logit diff| {diff}"
@@ -545,7 +594,9 @@ def _te_names(local_weights):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_te_spec_matches_hf_unfused_and_fused(mp):
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_te_spec_matches_hf_unfused_and_fused(mp, model_class):
+    # hybrid: Megatron-Core's own hybrid_stack_spec (Transformer Engine only)
     pytest.importorskip("transformer_engine")
     from pose_megatron.model import build_model
 
@@ -554,8 +605,10 @@ def test_te_spec_matches_hf_unfused_and_fused(mp):
         tokens, pos = pose_batch(name)
         expected = hf_logits(name, tokens, pos)
         for fusion in (False, True):
-            model = build_model(model_args(name), spec="te", apply_rope_fusion=fusion)
-            load_into(model, _te_names(hf_to_megatron(hf_model(name).state_dict())))
+            model = build_model(model_args(name), spec="te", apply_rope_fusion=fusion,
+                                model_class=model_class)
+            load_into(model, _te_names(hf_to_megatron(hf_model(name).state_dict(),
+                                                      model_class=model_class)))
             if fusion:  # TE's kernel takes one [S, 1, 1, D] table: per-sample B=3 is refused
                 with pytest.raises(ValueError, match="apply_rope_fusion"):
                     megatron_logits(model, tokens, pos)

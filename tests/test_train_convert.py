@@ -1,39 +1,66 @@
-"""The README's main job: HF model -> Megatron (converter) -> PoSE training -> HF again."""
+"""The README's main job: HF model -> Megatron (converter) -> PoSE training -> HF again.
+
+On megatron-core 0.19+ also with ``--model-class hybrid``: the converter's GPT-layout checkpoint
+loads into the HybridModel through Megatron-Core's load-time translation, the run saves a
+hybrid-layout checkpoint, and its HF export computes the logits of the run's own model."""
 
 import json
 
 import numpy as np
+import pytest
 
 from tests.distributed import run_distributed
+from tests.test_model_rope import MODEL_CLASSES
 
 
-def _job(rank, world, root):
+def _job(rank, world, root, model_class):
     import torch
     from safetensors.numpy import load_file
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+    from pose_megatron import parallel
     from pose_megatron.convert.api import hf_to_megatron, megatron_to_hf
-    from pose_megatron.train import main
+    from pose_megatron.positions import pose_position_ids_batch
+    from pose_megatron.training.arguments import parse_args
+    from pose_megatron.training.loop import setup, train
 
     cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(f"{root}/hf")
     hf_to_megatron(f"{root}/hf", f"{root}/mg", progress=False)
-    history = main(["--mock-data", "--device", "cpu", "--load", f"{root}/mg", "--save",
-                    f"{root}/out", "--pose-train-len", "32", "--pose-target-len", "256",
-                    "--rope-scaling-type", "linear", "--train-iters", "3", "--lr", "1e-3"])
+    trainer = setup(parse_args([
+        "--mock-data", "--device", "cpu", "--load", f"{root}/mg", "--save", f"{root}/out",
+        "--pose-train-len", "32", "--pose-target-len", "256", "--rope-scaling-type", "linear",
+        "--train-iters", "3", "--lr", "1e-3", "--model-class", model_class]))
+    history = train(trainer)
+    trainer.save_lock.release()
+    # the run's own model, after its last step, at PoSE positions reaching toward the target
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(3))
+    pos = torch.as_tensor(pose_position_ids_batch(32, 256, [0, 1], seed=4).position_ids)
+    model = trainer.model.module.eval()
+    assert type(model).__name__ == {"gpt": "PoseGPTModel", "hybrid": "PoseHybridModel"}[model_class]
+    with torch.no_grad():
+        own = model(ids, pos)
+    parallel.destroy()
     megatron_to_hf(f"{root}/out", f"{root}/hf2", progress=False)
     before = load_file(f"{root}/hf/model.safetensors")
     after = load_file(f"{root}/hf2/model.safetensors")
     changed = max(float(np.abs(before[k] - after[k]).max()) for k in before)
-    return [h["loss"] for h in history], changed, sorted(after) == sorted(before)
+    hf2 = AutoModelForCausalLM.from_pretrained(f"{root}/hf2", dtype=torch.float32).eval()
+    with torch.no_grad():
+        exported = hf2(input_ids=ids, position_ids=pos).logits
+    return ([h["loss"] for h in history], changed, sorted(after) == sorted(before),
+            float((exported - own).abs().max()))
 
 
-def test_hf_to_pose_training_to_hf(tmp_path):
-    losses, changed, same_keys = run_distributed(_job, 1, str(tmp_path))[0]
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_hf_to_pose_training_to_hf(tmp_path, model_class):
+    losses, changed, same_keys, diff = run_distributed(_job, 1, str(tmp_path), model_class)[0]
     assert len(losses) == 3 and abs(losses[0] - np.log(256)) < 0.2
     assert same_keys and changed > 0  # trained weights came back under HF's names
+    print(f"{model_class}: HF export vs the run's own model, max |logit diff| {diff:.3g}")
+    assert diff <= 1e-4, f"{model_class}: HF export vs the run's own model: {diff}"
     config = json.loads((tmp_path / "hf2" / "config.json").read_text())
     assert config["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
     assert (tmp_path / "out" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"

@@ -6,6 +6,7 @@ tools/check_megatron_lm.sh, which needs a Megatron-LM checkout that CI does not 
 
 import argparse
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -243,3 +244,30 @@ def test_reverse_conversion_reads_the_args_of_a_megatron_lm_job(tmp_path):
     scaling = json.load(open(tmp_path / "llama3" / "config.json"))["rope_scaling"]
     assert scaling["rope_type"] == "llama3" and scaling["factor"] == 8.0
     assert scaling["original_max_position_embeddings"] == 8192
+
+
+# ---------------------------------------------------------------------------------------------
+# The patches of Megatron-LM's scripts apply to the scripts of their tags
+
+_PATCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "examples", "megatron_lm")
+# plain extracted trees of the tags (core_v0.16.1/, core_v0.19.0/); tools/check_megatron_lm.sh
+# applies the patches to a whole checkout and runs them
+MEGATRON_LM_TREES = os.environ.get("POSE_MEGATRON_LM_TREES", "/work/mlm")
+
+
+@pytest.mark.parametrize("patch", sorted(n for n in os.listdir(_PATCH_DIR) if n.endswith(".patch")))
+def test_patch_applies_at_its_tag(patch, tmp_path):
+    import re
+    import shutil
+    import subprocess
+
+    script, tag = re.fullmatch(r"(pretrain_\w+?)_(core_v[\d.]+)\.patch", patch).groups()
+    src = os.path.join(MEGATRON_LM_TREES, tag, f"{script}.py")
+    if not os.path.isfile(src):
+        pytest.skip(f"no Megatron-LM {tag} tree at {os.path.dirname(src)} "
+                    "(POSE_MEGATRON_LM_TREES names the folder of the tags' trees)")
+    shutil.copy(src, tmp_path / f"{script}.py")
+    out = subprocess.run(["git", "apply", "--check", os.path.join(_PATCH_DIR, patch)],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

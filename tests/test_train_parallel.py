@@ -3,12 +3,16 @@
 All runs start from one set of weights: the single-process run writes them as a model-only
 ``release`` checkpoint before training, the parallel runs ``--load`` it (dist_checkpointing
 reshards it to their TP/PP layout), then every run trains 5 steps on the same PoSE samples.
+On megatron-core 0.19+ the same model as a HybridModel (``--model-class hybrid``, at PP=1 and
+PP=2) loads that GPT-layout checkpoint through Megatron-Core's load-time translation and trains to
+the same losses.
 """
 
 import numpy as np
 import pytest
 
 from tests.distributed import run_distributed
+from tests.test_model_rope import needs_hybrid
 
 TRAIN_LEN, TARGET_LEN, STEPS = 32, 128, 5
 
@@ -42,9 +46,15 @@ def _train(rank, world, extra, save_release_to, record_positions):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def init_and_ref(tmp_path_factory):
     init = str(tmp_path_factory.mktemp("init"))
     (ref,) = run_distributed(_train, 1, [], init, False)
+    return init, ref
+
+
+@pytest.fixture(scope="module")
+def runs(init_and_ref):
+    init, ref = init_and_ref
     load = ["--load", init]
     tp2 = run_distributed(_train, 2, ["--tensor-model-parallel-size", "2", *load], None, False)
     pp2 = run_distributed(_train, 2, ["--pipeline-model-parallel-size", "2", *load], None, True)
@@ -88,6 +98,22 @@ def test_pp2_matches_pp1(runs):
     np.testing.assert_allclose(_losses(pp2[0]), _losses(ref), rtol=RTOL, atol=0)
     print('PP2 max rel diff', np.max(np.abs(_losses(pp2[0]) / _losses(ref) - 1)))
     np.testing.assert_allclose([g for _, g in pp2[0][0]], [g for _, g in ref[0]], rtol=1e-4)
+
+
+@needs_hybrid
+@pytest.mark.parametrize("pp", [1, 2])
+def test_hybrid_model_trains_to_the_gpt_losses(init_and_ref, pp):
+    """The GPT release checkpoint in a HybridModel ('*-' per block; Megatron's load-time
+    translation): the same PoSE steps give the GPTModel run's losses (PP=2: position ids at
+    every stage of the hybrid pipeline too)."""
+    init, ref = init_and_ref
+    hybrid = run_distributed(_train, pp, ["--model-class", "hybrid", "--load", init,
+                                          "--pipeline-model-parallel-size", str(pp)], None, pp > 1)
+    np.testing.assert_allclose(_losses(hybrid[0]), _losses(ref), rtol=RTOL, atol=0)
+    print(f'hybrid PP={pp} max rel diff', np.max(np.abs(_losses(hybrid[0]) / _losses(ref) - 1)))
+    np.testing.assert_allclose([g for _, g in hybrid[0][0]], [g for _, g in ref[0]], rtol=1e-4)
+    if pp > 1:  # every stage saw the position ids
+        assert all(len(seen) == STEPS * 4 for _, _, seen in hybrid)
 
 
 def test_dp2_matches_dp1(runs):

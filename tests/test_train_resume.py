@@ -1,7 +1,9 @@
 """Killed during a checkpoint save, a run resumes from the last complete one and continues exactly.
 
 The training process is really SIGKILLed (``POSE_TEST_KILL_DURING_SAVE``: right after its shards of
-iteration 4 are on disk, before the rename that publishes them), then restarted with ``--load``.
+iteration 4 are on disk, before the rename that publishes them), then restarted with ``--load``;
+with the GPTModel and (megatron-core 0.19+) the HybridModel, whose checkpoints have their own
+layout.
 """
 
 import json
@@ -14,6 +16,7 @@ import pytest
 
 from pose_megatron.training import checkpointing
 from tests.distributed import child_env
+from tests.test_model_rope import MODEL_CLASSES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,12 +50,14 @@ def _run(tmp_path, name, extra, env_extra=None):
     return proc, steps
 
 
-def test_kill_during_save_then_resume_matches_uninterrupted(tmp_path):
-    ran, straight = _run(tmp_path, "straight", [])
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_kill_during_save_then_resume_matches_uninterrupted(tmp_path, model_class):
+    model = ["--model-class", model_class]
+    ran, straight = _run(tmp_path, "straight", model)
     assert [s["iteration"] for s in straight] == [1, 2, 3, 4, 5, 6], ran.stderr_text[-3000:]
 
     ckpt = tmp_path / "ckpt"
-    save = ["--save", str(ckpt), "--save-interval", "2"]
+    save = ["--save", str(ckpt), "--save-interval", "2", *model]
     killed, first = _run(tmp_path, "killed", save, {checkpointing.KILL_DURING_SAVE_ENV: "4"})
     assert killed.returncode == -9, killed.stderr_text[-2000:]
     assert [s["iteration"] for s in first] == [1, 2, 3, 4]
@@ -77,7 +82,7 @@ def test_kill_during_save_then_resume_matches_uninterrupted(tmp_path):
         "pose_model.json"]
 
     # --finetune takes the weights only: a new run from iteration 1, with a fresh schedule.
-    tuned_proc, tuned = _run(tmp_path, "finetune", ["--load", str(ckpt), "--finetune"])
+    tuned_proc, tuned = _run(tmp_path, "finetune", ["--load", str(ckpt), "--finetune", *model])
     assert tuned_proc.returncode == 0, tuned_proc.stderr_text[-2000:]
     assert [s["iteration"] for s in tuned] == [1, 2, 3, 4, 5, 6]
     assert tuned[0]["lr"] == straight[0]["lr"] == 0.0  # warm-up starts again

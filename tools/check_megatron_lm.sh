@@ -15,14 +15,20 @@
 #    examples/llama/train_llama3_8b_h100_fp8.sh (--position-embedding-type rope only); --load
 #    alone with --no-position-embedding (its LLaMA-2 docs), converted with that flag;
 # 5. trains every --rope-scaling-type (with its own parameters) with the same script, exports
-#    each to HF and compares Megatron-LM's own load with transformers' at 64 and 512 tokens.
+#    each to HF and compares Megatron-LM's own load with transformers' at 64 and 512 tokens;
+# 6. (core_v0.19.0) applies examples/megatron_lm/pretrain_hybrid_core_v0.19.0.patch too and runs
+#    the patched pretrain_hybrid.py: a HybridModel ('*-' per block) loads a GPT checkpoint of the
+#    steps above through Megatron's load-time translation, PoSE-trains and saves; its hybrid
+#    checkpoint converts to HF and matches Megatron-LM's own load of it within 1e-4. Without
+#    Transformer Engine (a CPU) the stack spec is pose_megatron.hybrid_local_spec (local layers);
+#    with TE it is Megatron-Core's own, TE-only hybrid_stack_spec (HYBRID_SPEC=te|local).
 # Megatron-LM's source is read and run beside the project, never copied into it. On a machine
 # without a GPU, Megatron-LM's training loop runs with the CPU redirects of
 # tools/megatron_lm/sitecustomize.py (test scaffolding only). Environment:
 #   PYTHON   the interpreter (default: .venv for 0.16, .venv-mcore019 for 0.19)
 #   ITERS    PoSE iterations (default 4)
 #   ROPE_TYPES      the types of step 5 (default: all eight); ITERS_PER_TYPE (default 1)
-#   TYPES_ONLY=1    run step 5 only
+#   TYPES_ONLY=1    run step 5 (and 6) only; HYBRID_ONLY=1: step 6 only (0.19)
 # Installs into that environment what Megatron-LM's tree imports beyond the megatron-core wheel's
 # requirements (six, triton: the checkout's own megatron/ comes first on PYTHONPATH), and
 # on Python 3.11 for 0.19 a .pth that gives typing.override from typing_extensions (0.19's
@@ -54,6 +60,11 @@ mkdir -p "$WORK/mlm"
 tar -C "$MLM_SRC" --exclude=.git -cf - . | tar -C "$WORK/mlm" -xf -
 (cd "$WORK/mlm" && git apply --check "$PATCH" && git apply "$PATCH")
 echo "applied $(basename "$PATCH")"
+HYBRID_PATCH=$ROOT/examples/megatron_lm/pretrain_hybrid_$TAG.patch
+if [ -f "$HYBRID_PATCH" ]; then
+  (cd "$WORK/mlm" && git apply --check "$HYBRID_PATCH" && git apply "$HYBRID_PATCH")
+  echo "applied $(basename "$HYBRID_PATCH")"
+fi
 
 "$PY" -c "import six, triton" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0" six triton
 SITE=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
@@ -106,7 +117,7 @@ RUN=(--tokenizer-type NullTokenizer --vocab-size 2000 --make-vocab-size-divisibl
 POSE=(--pose-target-len 512 --rope-scaling-type linear)
 
 declare -A SECONDS_OF=([train_torch_dist]=- [train_torch]=-)
-if [ "${TYPES_ONLY:-0}" != 1 ]; then
+if [ "${TYPES_ONLY:-0}" != 1 ] && [ "${HYBRID_ONLY:-0}" != 1 ]; then
 for FMT in torch_dist torch; do
   echo "== 3. PoSE training with the patched pretrain_gpt.py: $ITERS iterations, --ckpt-format $FMT"
   SAVE=$WORK/pretrain_$FMT
@@ -190,7 +201,9 @@ echo "== 7. every --rope-scaling-type through pretrain_gpt.py: train, export, Me
 # 64 and 512 tokens (past the 64-token window, where the scaling matters) within 1e-4.
 ITERS_PER_TYPE=${ITERS_PER_TYPE:-1}
 TYPES_SUMMARY=()
-for KIND in ${ROPE_TYPES:-none linear ntk dynamic yarn yarn_pose llama3 longrope}; do
+ALL_TYPES="none linear ntk dynamic yarn yarn_pose llama3 longrope"
+[ "${HYBRID_ONLY:-0}" = 1 ] && ALL_TYPES=linear  # step 6 starts from the linear checkpoint
+for KIND in ${ROPE_TYPES:-$ALL_TYPES}; do
   mapfile -t EXTRA < <(cd "$ROOT" && "$PY" -m tests.rope_type_flags "$KIND")
   # plain RoPE has no extended window: the model's own window is the target
   WINDOW=(); [ "$KIND" = none ] && WINDOW=(--max-position-embeddings 512)
@@ -219,5 +232,51 @@ for KIND in ${ROPE_TYPES:-none linear ntk dynamic yarn yarn_pose llama3 longrope
   TYPES_SUMMARY+=("$KIND: lm loss $LOSS, HF config $HF_ROPE, $(( $(date +%s) - t )) s")
 done
 printf '  %s\n' "${TYPES_SUMMARY[@]}"
+
+if [ -f "$HYBRID_PATCH" ]; then
+  echo "== 8. pretrain_hybrid.py: a GPT checkpoint into a HybridModel, PoSE-trained, exported"
+  SRC=$WORK/type_linear  # step 7's GPT checkpoint (linear, torch_dist)
+  if [ ! -f "$SRC/latest_checkpointed_iteration.txt" ]; then
+    echo "error: step 8 starts from $SRC (step 7 with linear among ROPE_TYPES)" >&2; exit 1
+  fi
+  HSPEC=${HYBRID_SPEC:-$("$PY" -c "import importlib.util as u; print('te' if u.find_spec('transformer_engine') else 'local')")}
+  if [ "$HSPEC" = te ]; then
+    # Megatron-Core's own hybrid stack spec: Transformer Engine modules only (GPU)
+    HYBRID=(--hybrid-layer-pattern '*-*-' --spec megatron.core.models.hybrid.hybrid_layer_specs hybrid_stack_spec)
+    HRUN=(); skip=0
+    for a in "${RUN[@]}"; do  # RUN without its --transformer-impl local
+      if [ "$skip" = 1 ]; then skip=0; continue; fi
+      if [ "$a" = --transformer-impl ]; then skip=1; continue; fi
+      HRUN+=("$a")
+    done
+    HRUN+=(--transformer-impl transformer_engine)
+  else
+    HYBRID=(--hybrid-layer-pattern '*-*-' --spec pose_megatron.hybrid_local_spec hybrid_stack_spec)
+    HRUN=("${RUN[@]}")
+  fi
+  KPOSE=(--pose-target-len 512 --rope-scaling-type linear)
+  SAVE=$WORK/hybrid
+  rm -rf "$SAVE" "$WORK/hf_hybrid"
+  t=$(date +%s)
+  env "${DIST_ENV[@]}" MASTER_PORT=$(free_port) "$PY" "$WORK/mlm/pretrain_hybrid.py" "${MODEL[@]}" \
+    "${HRUN[@]}" "${KPOSE[@]}" "${HYBRID[@]}" --load "$SRC" --finetune --no-load-optim --no-load-rng \
+    --data-path "$DATA" --split 100,0,0 --train-iters "$ITERS_PER_TYPE" --lr 1e-3 \
+    --lr-decay-style constant --eval-iters 0 --eval-interval 100000 --log-interval 1 \
+    --save "$SAVE" --save-interval "$ITERS_PER_TYPE" --ckpt-format torch_dist \
+    > "$WORK/hybrid.log" 2>&1 ||
+    { tail -30 "$WORK/hybrid.log"; echo "error: pretrain_hybrid.py failed" >&2; exit 1; }
+  grep -E "\] iteration +[0-9]+/" "$WORK/hybrid.log" | sed -E 's/^.*\] (iteration +[0-9]+\/ +[0-9]+).*(lm loss: [^|]*).*$/\1 | \2/'
+  "$PY" "$ROOT/tools/convert_megatron_to_hf.py" --megatron-dir "$SAVE" --out "$WORK/hf_hybrid" \
+    --tokenizer "$TOK" --no-progress > "$WORK/hf_hybrid.log" 2>&1 ||
+    { cat "$WORK/hf_hybrid.log"; echo "error: export of the hybrid checkpoint failed" >&2; exit 1; }
+  env "${DIST_ENV[@]}" MASTER_PORT=$(free_port) "$PY" "$ROOT/tools/megatron_lm/mlm_logits.py" --pose \
+    --script pretrain_hybrid --out "$WORK/mlm_hybrid.pt" --lengths 64 512 -- "${MODEL[@]}" \
+    "${HRUN[@]}" "${KPOSE[@]}" "${HYBRID[@]}" --load "$SAVE" --ckpt-format torch_dist --no-load-optim \
+    --no-load-rng > "$WORK/mlm_hybrid.log" 2>&1 ||
+    { tail -30 "$WORK/mlm_hybrid.log"; echo "error: Megatron-LM could not load $SAVE" >&2; exit 1; }
+  "$PY" "$ROOT/tools/megatron_lm/compare_logits.py" --hf "$WORK/hf_hybrid" \
+    --megatron "$WORK/mlm_hybrid.pt" --tol 1e-4 --label "pretrain_hybrid.py ($HSPEC spec): "
+  echo "hybrid step: $(( $(date +%s) - t )) s"
+fi
 
 echo "== $TAG: all checks passed on $DEVICE in $(( $(date +%s) - T0 )) s (training: torch_dist ${SECONDS_OF[train_torch_dist]} s, torch ${SECONDS_OF[train_torch]} s, $ITERS iterations each)"

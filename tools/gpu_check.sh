@@ -20,12 +20,20 @@
 #   step       bench/step.py (whole training step, PoSE vs stock RoPE)
 #   figure3    bench/step_time.py on a ~1B LLaMA: PoSE at window 2048 for targets 4k..32k vs
 #              full-length training at those lengths (step time, CUDA peak memory, until OOM)
+#   hybrid-mlm Megatron-LM's patched pretrain_hybrid.py with Megatron-Core's own, Transformer
+#              Engine-only hybrid stack spec (tools/check_megatron_lm.sh HYBRID_ONLY=1
+#              HYBRID_SPEC=te): a GPT checkpoint into a HybridModel through Megatron's
+#              load-time translation, PoSE steps, HF export vs Megatron-LM's own load. Needs a
+#              core_v0.19.0 checkout carried to the machine ($GPU_CHECK_MEGATRON_LM) and TE;
+#              reported "skipped" without them (the CPU cannot build that spec: the CPU check
+#              runs the local spec instead)
 # The dry run (GPU_CHECK_DRY=1) runs every step on the CPU with tiny sizes in the current
 # environment (.venv or $GPU_CHECK_PYTHON), skipping the install, so the script cannot rot.
 #
 # Environment: GPU_CHECK_LOGS (log folder; default a new temporary one), GPU_CHECK_WHEELS,
 # GPU_CHECK_PYTHON (interpreter; default python3 on the GPU machine, .venv/bin/python dry),
-# GPU_CHECK_BUDGET (seconds for the whole run; default 480, dry 900), GPU_CHECK_DRY.
+# GPU_CHECK_BUDGET (seconds for the whole run; default 480, dry 900), GPU_CHECK_DRY,
+# GPU_CHECK_MEGATRON_LM (a Megatron-LM core_v0.19.0 checkout, for the hybrid-mlm step).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -34,7 +42,7 @@ ROOT=$(pwd)
 # image lacks; the rest are small things the tests and the package import that the image may
 # not have (pytest and hypothesis for the tests, setuptools to build the extensions).
 WHEELS_SPEC=(megatron-core==0.19.2 sentencepiece==0.2.3 psutil "packaging>=24.2" tqdm
-             pytest pluggy iniconfig hypothesis attrs sortedcontainers setuptools)
+             pytest pluggy iniconfig hypothesis attrs sortedcontainers setuptools six)
 WHEELS=${GPU_CHECK_WHEELS:-gpu_wheels}
 CARRY_LIMIT=$((64 * 1024 * 1024))
 
@@ -101,6 +109,7 @@ summary() {
     rope) grep -E '^ratio per-sample' "$log" | tail -1 ;;
     step) grep -E '^whole-step ratio' "$log" | tail -1 ;;
     figure3) grep -E '^at target' "$log" | tr '\n' ' ' | cut -c1-160 ;;
+    hybrid-mlm) grep -E '^(skipped|pretrain_hybrid)' "$log" | tail -1 | cut -c1-110 ;;
     *) tail -1 "$log" | cut -c1-110 ;;
   esac
 }
@@ -178,6 +187,19 @@ print(f"iterations {len(rows)}: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
 PY
 }
 
+hybrid_mlm() {
+  local mlm=${GPU_CHECK_MEGATRON_LM:-}
+  if [ -z "$mlm" ] || [ ! -f "$mlm/pretrain_hybrid.py" ]; then
+    echo "skipped: no Megatron-LM core_v0.19.0 checkout (set GPU_CHECK_MEGATRON_LM)"; return 0
+  fi
+  if ! "$PY" -c "import transformer_engine" 2>/dev/null; then
+    [ "$DRY" = 1 ] || { echo "skipped: Transformer Engine absent (the TE-only hybrid spec cannot be built)"; return 0; }
+  fi
+  # dry: the same run with the local spec (TE is never on the CPU); one iteration each
+  PYTHON=$PY HYBRID_ONLY=1 ITERS_PER_TYPE=1 HYBRID_SPEC=$( [ "$DRY" = 1 ] && echo local || echo te ) \
+    bash "$ROOT/tools/check_megatron_lm.sh" "$mlm" "$LOGS/hybrid_mlm_work"
+}
+
 if [ "$DRY" = 1 ]; then
   PARITY_ENV=(env GPU_CHECK_DEVICE=cpu)
   ROPE_ARGS=(--device cpu --seq 64 --batch 2 --heads 4 --groups 2 --head-dim 16 --repeats 2 --inner 1)
@@ -198,7 +220,7 @@ else
 fi
 
 export DRY PY LOGS WHEELS CARRY_LIMIT DEVICE ROOT
-export -f env_report install_wheels build_extensions train_run
+export -f env_report install_wheels build_extensions train_run hybrid_mlm
 echo "[gpu_check] $( [ "$DRY" = 1 ] && echo "DRY RUN on the CPU" || echo "GPU run" ); logs in $LOGS; budget ${BUDGET} s"
 run_step install 90 install_wheels
 if [ "$DRY" != 1 ] && [ -x .venv-gpu/bin/python ]; then
@@ -214,6 +236,7 @@ run_step rope 45 "$PY" bench/rope.py "${ROPE_ARGS[@]}"
 run_step step 75 "$PY" bench/step.py "${STEP_ARGS[@]}"
 run_step gpu-tests 90 "$PY" -m pytest -q -p no:cacheprovider -rs "${GPU_TESTS[@]}"
 run_step figure3 240 "$PY" bench/step_time.py "${FIG3_ARGS[@]}"
+run_step hybrid-mlm 150 hybrid_mlm
 
 # Full tables of the benches, then the short table last.
 echo

@@ -150,6 +150,45 @@ def load_sharded(request: dict, path: str, *, validate_access_integrity: bool = 
         request, path, validate_access_integrity=validate_access_integrity, **kwargs), path)
 
 
+_LAYER_KEY = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+_ATTENTION_PARTS = ("self_attention.", "input_layernorm.")
+_MLP_PARTS = ("mlp.", "pre_mlp_layernorm.")
+
+
+def hybrid_pattern(keys, where: str) -> Optional[str]:
+    """The HybridModel layer pattern a distributed checkpoint's tensor keys show (``*`` attention,
+    ``-`` MLP, one symbol per numbered layer), or None for a GPTModel checkpoint (its per-layer
+    tensors are stacked under ``decoder.layers.<name>``, no layer number). Only the LLaMA-family
+    pattern, ``*-`` per block, describes a model the converters know; others are refused."""
+    kinds: Dict[int, set] = {}
+    for key in keys:
+        m = _LAYER_KEY.match(key)
+        if m:
+            rest = m.group(2)
+            kind = "*" if rest.startswith(_ATTENTION_PARTS) else \
+                "-" if rest.startswith(_MLP_PARTS) else "?"
+            kinds.setdefault(int(m.group(1)), set()).add(kind)
+    if not kinds:
+        return None
+    # "?": a layer of another kind (Mamba, MoE, ...), a mixed or a missing layer number
+    pattern = "".join(next(iter(kinds[i])) if len(kinds.get(i, ())) == 1 else "?"
+                      for i in range(max(kinds) + 1))
+    if pattern != "*-" * (len(pattern) // 2):
+        raise ValueError(
+            f"{where}: a HybridModel checkpoint whose layers ({pattern}; '?' is neither attention "
+            f"nor MLP) are not the LLaMA-family pattern '*-' per block (one attention layer, then "
+            f"one MLP layer); only that pattern converts")
+    return pattern
+
+
+def checkpoint_hybrid_pattern(path: str) -> Optional[str]:
+    """``hybrid_pattern`` of the distributed checkpoint in ``path`` (read from its metadata)."""
+    from megatron.core import dist_checkpointing
+
+    meta = read_or_fail(lambda: dist_checkpointing.load_tensors_metadata(path), path)
+    return hybrid_pattern(meta, path)
+
+
 def checkpoint_format(path: str) -> str:
     if os.path.isfile(os.path.join(path, "metadata.json")):
         return "torch_dist"
@@ -426,8 +465,11 @@ def _same_view(view: torch.Tensor, param: torch.Tensor, pieces: List[torch.Tenso
 class DistReader:
     """Global tensors of a distributed checkpoint (whatever TP/PP wrote it).
 
-    Megatron stores each per-layer tensor stacked over the layers. They are read a group of
-    layers at a time, as the caller asks for them in order: with the HF writer flushing shards in
+    GPTModel checkpoints store each per-layer tensor stacked over the layers; HybridModel ones
+    (``*-`` per block) store one tensor per numbered layer, block i's attention in layer 2i and
+    its MLP in layer 2i+1, and the final norm as ``decoder.final_norm``: ``get`` takes the GPT
+    names either way (``hybrid_pattern`` says which layout was found). Layers are read a group
+    at a time, as the caller asks for them in order: with the HF writer flushing shards in
     the background, writing one group overlaps reading the next, and only one group is held.
     The rest (embeddings, final norm, output layer) is read once, on first use. ``close()``
     releases the process group the reads use.
@@ -448,8 +490,19 @@ class DistReader:
         self._meta = {k: st for k, st in meta.items()
                       if k.startswith(("embedding.", "decoder.", "output_layer."))}
         layers = args.num_layers
+        try:
+            self.hybrid_pattern = hybrid_pattern(self._meta, path)
+        except BaseException:
+            self.close()
+            raise
+        if self.hybrid_pattern is not None and len(self.hybrid_pattern) != 2 * layers:
+            self.close()
+            raise ValueError(f"{path}: {len(self.hybrid_pattern) // 2} attention/MLP layer "
+                             f"pairs, but the model description has {layers} layers")
+        # per-layer tensors: stacked (GPT), or one key per hybrid layer
         self._stacked = {k for k, st in self._meta.items() if k.startswith("decoder.layers.")
-                         and len(st.global_shape) > 1 and st.global_shape[0] == layers}
+                         and (self.hybrid_pattern is not None
+                              or (len(st.global_shape) > 1 and st.global_shape[0] == layers))}
         self._groups = max(g for g in range(1, max_groups + 1) if layers % g == 0)
         self._per_group = layers // self._groups
         self._group, self._group_tensors = None, {}
@@ -475,8 +528,29 @@ class DistReader:
         # a job loading whole tensors across its ranks.
         return load_sharded(request, self.path, validate_access_integrity=group is None)
 
+    def _get_hybrid_layer(self, layer: int, rest: str) -> torch.Tensor:
+        at = 2 * layer + (0 if rest.startswith(_ATTENTION_PARTS) else 1)
+        for key in (f"decoder.layers.{at}.{weights.TE_NORM_NAMES.get(rest, rest)}",
+                    f"decoder.layers.{at}.{rest}"):
+            if key in self._stacked:
+                group = layer // self._per_group
+                if group != self._group:
+                    self._group_tensors = {}  # drop the last group before reading the next
+                    first, end = 2 * group * self._per_group, 2 * (group + 1) * self._per_group
+                    self._group_tensors = self._load(sorted(
+                        k for k in self._stacked
+                        if first <= int(_LAYER_KEY.match(k).group(1)) < end))
+                    self._group = group
+                return self._group_tensors[key]
+        raise KeyError(f"tensor decoder.layers.{layer}.{rest!r} not found in the distributed "
+                       f"checkpoint (hybrid layer {at})")
+
     def get(self, name: str) -> torch.Tensor:
-        m = re.match(r"^decoder\.layers\.(\d+)\.(.+)$", name)
+        m = _LAYER_KEY.match(name)
+        if m and self.hybrid_pattern is not None:
+            return self._get_hybrid_layer(int(m.group(1)), m.group(2))
+        if self.hybrid_pattern is not None and name == "decoder.final_layernorm.weight":
+            name = "decoder.final_norm.weight"
         if m:
             layer, rest = int(m.group(1)), m.group(2)
             for key in (f"decoder.layers.{weights.TE_NORM_NAMES.get(rest, rest)}",

@@ -229,6 +229,21 @@ def rope_from_megatron_lm(ns) -> tuple:
     return theta, None, window
 
 
+def _blocks(ns) -> int:
+    """Transformer blocks: a hybrid run (pretrain_hybrid.py) counts each attention ('*') and MLP
+    ('-') layer in --num-layers; a LLaMA-family block is one of each (--hybrid-layer-pattern
+    '*-' per block, '|' between pipeline stages, '/' before MTP layers)."""
+    pattern = getattr(ns, "hybrid_layer_pattern", None) or getattr(ns, "hybrid_override_pattern",
+                                                                  None)
+    if not pattern:
+        return int(read_flag(ns, "--num-layers", "number of layers"))
+    main = pattern.split("/")[0].replace("|", "")
+    if main != "*-" * (len(main) // 2) or not main:
+        raise ValueError(f"--hybrid-layer-pattern {pattern!r}: only the LLaMA-family pattern "
+                         "'*-' per block (one attention, then one MLP layer) converts")
+    return len(main) // 2
+
+
 def model_args_from_megatron_lm(ns, *, dtype: Optional[str] = None) -> ModelArgs:
     """ModelArgs of a model trained by Megatron-LM, from the args in its checkpoint."""
     if isinstance(getattr(ns, "pose_model", None), dict):  # written by our converter: exact
@@ -263,7 +278,7 @@ def model_args_from_megatron_lm(ns, *, dtype: Optional[str] = None) -> ModelArgs
         family="qwen2" if read_flag(ns, "--add-qkv-bias", "QKV bias") else "llama",
         vocab_size=int(vocab), hidden_size=hidden,
         intermediate_size=int(read_flag(ns, "--ffn-hidden-size", "FFN size")),
-        num_layers=int(read_flag(ns, "--num-layers", "number of layers")),
+        num_layers=_blocks(ns),
         num_attention_heads=heads, num_query_groups=int(groups),
         # None: Megatron-LM's validate_args sets hidden / heads, as here
         head_dim=read_flag(ns, "--kv-channels", "head dimension") or hidden // heads,

@@ -234,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
                    default="auto",
                    help="layer implementation: Transformer Engine when importable (auto), or the "
                         "Megatron-Core local spec")
+    g.add_argument("--model-class", choices=("gpt", "hybrid"), default="gpt",
+                   help="gpt: Megatron-Core's GPTModel (deprecated by megatron-core 0.19); hybrid: "
+                        "the same model as a HybridModel, one attention and one MLP layer per "
+                        "block (pattern '*-' per block; megatron-core >= 0.19). A hybrid run "
+                        "--loads GPT-layout checkpoints (the converters', GPT runs') through "
+                        "Megatron-Core's load-time translation; its own checkpoints convert "
+                        "to HF like any other")
 
     g = p.add_argument_group("model (ignored when --load or --model-config gives pose_model.json)")
     g.add_argument("--model-config", default=None,

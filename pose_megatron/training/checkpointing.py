@@ -222,6 +222,7 @@ class SavedCheckpoint:
     model_args: ModelArgs
     common: dict  # the common state: iteration, args, opt_param_scheduler, ...
     has_optimizer: bool
+    hybrid_pattern: str | None = None  # saved by a HybridModel run: its layers; None: GPTModel
 
     @property
     def release(self) -> bool:
@@ -261,7 +262,8 @@ def inspect_checkpoint(root: str) -> SavedCheckpoint:
     common = megatron_io.read_or_fail(lambda: dist_checkpointing.load_common_state_dict(path), path)
     return SavedCheckpoint(root=root, tracker=tracker, path=path, model_args=model_args,
                            common=dict(common or {}),
-                           has_optimizer="optimizer" in _saved_keys(path, common or {}))
+                           has_optimizer="optimizer" in _saved_keys(path, common or {}),
+                           hybrid_pattern=megatron_io.checkpoint_hybrid_pattern(path))
 
 
 def lock_save_dir(root: str):
@@ -295,6 +297,10 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, *,
                     saved: SavedCheckpoint | None = None) -> dict:
     """Load the checkpoint the tracker names into model (and optimizer, scheduler, RNG).
 
+    A GPTModel checkpoint loads into a HybridModel through Megatron-Core's load-time translation
+    (``megatron_compat.retarget_to_gpt_checkpoint``: the model's and the optimizer's sharded
+    state dicts are pointed at the GPT keys, as Megatron-LM's loader does).
+
     Returns {"iteration", "consumed_train_samples", "release", "optimizer"}. A ``release``
     checkpoint (the converter's output) holds a model only: training starts from iteration 0
     with it. With ``finetune`` a training checkpoint is treated the same way (Megatron-LM's
@@ -314,6 +320,13 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, *,
         if optimizer is not None and load_optim and saved.has_optimizer:
             request["optimizer"] = optimizer.sharded_state_dict(
                 model_sd, is_loading=True, metadata=_optimizer_metadata(optimizer))
+    pattern = getattr(unwrap_model(model), "hybrid_layer_pattern", None)
+    if pattern and not saved.hybrid_pattern:
+        from pose_megatron import megatron_compat
+
+        for part in ("model", "optimizer"):
+            if part in request:
+                megatron_compat.retarget_to_gpt_checkpoint(request[part], pattern)
     state = megatron_io.read_or_fail(lambda: dist_checkpointing.load(request, path), path)
     unwrap_model(model).load_state_dict(state["model"])
     if release:

@@ -220,6 +220,10 @@ def setup(args) -> Trainer:
 
     save_lock = checkpointing.lock_save_dir(args.save) if args.save else None
     saved = checkpointing.inspect_checkpoint(args.load) if args.load else None
+    if saved is not None and saved.hybrid_pattern and args.model_class != "hybrid":
+        raise SystemExit(
+            f"error: --load {args.load} was saved by a HybridModel run (layers "
+            f"{saved.hybrid_pattern}); pass --model-class hybrid (megatron-core >= 0.19) to load it")
     resuming = saved is not None and not saved.release and not args.finetune
     model_args = model_args_from(args, saved.model_args if saved else None)
     if resuming:
@@ -257,7 +261,7 @@ def setup(args) -> Trainer:
     chunk = build_model(
         model_args, pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(), spec=_spec(args, device),
-        params_dtype=params_dtype, **overrides)
+        params_dtype=params_dtype, model_class=args.model_class, **overrides)
     chunk.to(device)
     config = chunk.config
     ddp_config = DistributedDataParallelConfig(

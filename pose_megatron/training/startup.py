@@ -81,6 +81,14 @@ def check_before_start(args) -> None:
     """Raise SystemExit("error: ...") for what the flags alone show cannot run."""
     from pose_megatron.training.arguments import model_args_from
 
+    if getattr(args, "model_class", "gpt") == "hybrid":
+        from pose_megatron import megatron_compat
+
+        try:
+            megatron_compat.require_hybrid("--model-class hybrid")
+        except RuntimeError as err:
+            raise SystemExit(f"error: {err}") from None
+
     loaded = _checkpoint_model_args(getattr(args, "load", None))
     if args.load and loaded is None:
         return  # an unreadable --load: the loader's own message is the right one
@@ -121,6 +129,12 @@ def _rope_text(model_args: ModelArgs) -> str:
             f"(theta {model_args.rope_theta:g}, positions below {model_args.max_position})")
 
 
+def _model_text(args, model_args: ModelArgs) -> str:
+    if getattr(args, "model_class", "gpt") == "hybrid":
+        return f"HybridModel ('*-' x {model_args.num_layers})"
+    return "GPTModel"
+
+
 def settings_line(args, model_args: ModelArgs, *, spec: str, device: str, dp: int) -> str:
     warmup = args.lr_warmup_iters
     steps = "step" if warmup == 1 else "steps"
@@ -134,8 +148,8 @@ def settings_line(args, model_args: ModelArgs, *, spec: str, device: str, dp: in
     return (f"settings: PoSE scheme {scheme}, train window {args.pose_train_len}, target "
             f"{args.pose_target_len}; {_rope_text(model_args)}; TP {args.tensor_model_parallel_size} "
             f"PP {args.pipeline_model_parallel_size} CP {args.context_parallel_size} DP {dp}; "
-            f"{'bf16' if getattr(args, 'bf16', False) else 'fp32'} on {device}; layers: "
-            f"{_SPECS.get(spec, spec)}; lr {args.lr:g} ({args.lr_decay_style} to "
+            f"{'bf16' if getattr(args, 'bf16', False) else 'fp32'} on {device}; "
+            f"{_model_text(args, model_args)}, layers: {_SPECS.get(spec, spec)}; lr {args.lr:g} ({args.lr_decay_style} to "
             f"{args.min_lr:g}), {warmup_text}")
 
 

@@ -9,6 +9,9 @@ arguments after ``--`` exactly as pretrain_gpt.py would (0.16: ``initialize_mega
 run at each length with position ids 0..L-1; ids and logits are saved for the HF comparison.
 
   python tools/megatron_lm/mlm_logits.py --out LOGITS.pt --lengths 64 512 [--pose] -- ARGS...
+
+``--script pretrain_hybrid`` does the same with the patched pretrain_hybrid.py and its
+``hybrid_builder`` (a HybridModel; pass its --hybrid-layer-pattern and --spec in ARGS).
 """
 
 import argparse
@@ -24,19 +27,25 @@ def main() -> int:
     p.add_argument("--lengths", type=int, nargs="+", default=[64, 512])
     p.add_argument("--pose", action="store_true", help="wrap the provider with pose_model_provider")
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--script", choices=("pretrain_gpt", "pretrain_hybrid"), default="pretrain_gpt",
+                   help="the patched script whose provider and builder build the model")
     opts = p.parse_args(sys.argv[1:split])
     sys.argv = [sys.argv[0]] + sys.argv[split + 1:]
 
     import torch
 
-    import pretrain_gpt  # the patched script of the checkout: its provider and builder
+    import importlib
+
+    # the patched script of the checkout: its provider and builder
+    script = importlib.import_module(opts.script)
+    builder = script.gpt_builder if opts.script == "pretrain_gpt" else script.hybrid_builder
     from megatron.core.enums import ModelType
     from megatron.training import get_args
     from megatron.training.checkpointing import load_checkpoint
     from megatron.training.initialize import initialize_megatron
     from megatron.training.training import get_model
 
-    extra = pretrain_gpt.pose_extra_args_provider(None)
+    extra = script.pose_extra_args_provider(None)
     defaults = {"tokenizer_type": "GPT2BPETokenizer"}
     if "extra_args_provider" in inspect.signature(initialize_megatron).parameters:  # 0.16
         initialize_megatron(extra_args_provider=extra, args_defaults=defaults)
@@ -45,9 +54,9 @@ def main() -> int:
 
         parse_and_validate_args(extra_args_provider=extra, args_defaults=defaults)
         initialize_megatron()
-    provider = partial(pretrain_gpt.model_provider, pretrain_gpt.gpt_builder)
+    provider = partial(script.model_provider, builder)
     if opts.pose:
-        provider = pretrain_gpt.pose_model_provider(provider)
+        provider = script.pose_model_provider(provider)
     model = get_model(provider, ModelType.encoder_or_decoder, wrap_with_ddp=False)
     load_checkpoint(model, None, None, strict=True)
     net = model[0]
