@@ -59,8 +59,9 @@ def _layer_spec(spec: str, config: TransformerConfig):
                 "spec='te' needs Transformer Engine (pip install transformer_engine[pytorch] on a "
                 "CUDA machine); use spec='local' here"
             )
-        return get_gpt_layer_with_transformer_engine_spec()
-    return get_gpt_layer_local_spec(normalization=config.normalization)
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
+    return get_gpt_layer_local_spec(normalization=config.normalization,
+                                    qk_layernorm=config.qk_layernorm)
 
 
 class PoseGPTModel(GPTModel):

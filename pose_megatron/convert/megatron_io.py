@@ -317,7 +317,8 @@ def stock_model(args: ModelArgs, dtype: torch.dtype, *, pre_process=True, post_p
         args, use_cpu_initialization=True, perform_initialization=False, params_dtype=dtype,
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
     return GPTModel(
-        config, get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=False),
+        config, get_gpt_layer_local_spec(normalization="RMSNorm",
+                                         qk_layernorm=config.qk_layernorm),
         vocab_size=args.vocab_size, max_sequence_length=args.max_position,
         pre_process=pre_process, post_process=post_process,
         position_embedding_type="rope", rotary_base=args.rope_theta,

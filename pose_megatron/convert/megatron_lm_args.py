@@ -57,7 +57,8 @@ def megatron_lm_args(args: ModelArgs, *, fmt: str, tp: int = 1, pp: int = 1) -> 
         use_rope_scaling=llama3, rope_scaling_factor=factor if llama3 else 8.0,
         rotary_seq_len_interpolation_factor=(
             int(factor) if kind == "linear" and factor.is_integer() else None),
-        add_bias_linear=False, add_qkv_bias=args.qkv_bias, squared_relu=False, swiglu=True,
+        add_bias_linear=False, add_qkv_bias=args.qkv_bias, qk_layernorm=args.qk_layernorm,
+        squared_relu=False, swiglu=True,
         untie_embeddings_and_output_weights=not args.tie_word_embeddings,
         apply_layernorm_1p=False, normalization="RMSNorm", norm_epsilon=args.norm_eps,
         apply_query_key_layer_scaling=False, attention_dropout=0.0, hidden_dropout=0.0,
@@ -122,6 +123,7 @@ def model_args_from_megatron_lm(ns, *, dtype: Optional[str] = None) -> ModelArgs
     _require(ns, "add_bias_linear", False, "--disable-bias-linear")
     _require(ns, "rotary_percent", 1.0, "--rotary-percent 1.0")
     _require(ns, "apply_layernorm_1p", False, "no --apply-layernorm-1p")
+    _require(ns, "qk_l2_norm", False, "no --qk-l2-norm")
     if getattr(ns, "num_experts", None):
         raise ValueError(f"the checkpoint is a mixture of experts (num_experts="
                          f"{ns.num_experts}); only dense models convert")
@@ -132,8 +134,13 @@ def model_args_from_megatron_lm(ns, *, dtype: Optional[str] = None) -> ModelArgs
     if dtype is None:
         dtype = "bfloat16" if getattr(ns, "bf16", False) else (
             "float16" if getattr(ns, "fp16", False) else "float32")
+    from pose_megatron import families
+
+    family = families.family_from_megatron(
+        {k: getattr(ns, k, False) for k in families.MEGATRON_FIELDS},
+        "the checkpoint's Megatron-LM args")
     return ModelArgs(
-        family="qwen2" if getattr(ns, "add_qkv_bias", False) else "llama",
+        family=family.name,
         vocab_size=int(_get(ns, "padded_vocab_size", "the tokenizer flags", "vocabulary size")),
         hidden_size=hidden, intermediate_size=int(_get(ns, "ffn_hidden_size",
                                                        "--ffn-hidden-size", "FFN size")),
@@ -141,7 +148,6 @@ def model_args_from_megatron_lm(ns, *, dtype: Optional[str] = None) -> ModelArgs
         num_attention_heads=heads, num_query_groups=int(groups),
         head_dim=getattr(ns, "kv_channels", None) or hidden // heads,
         norm_eps=float(getattr(ns, "norm_epsilon", None) or 1e-5),  # Megatron-LM's default
-        qkv_bias=bool(getattr(ns, "add_qkv_bias", False)),
         tie_word_embeddings=not getattr(ns, "untie_embeddings_and_output_weights", False),
         max_position_embeddings=int(window), rope_theta=theta, rope_scaling=scaling,
         rotary_interleaved=bool(getattr(ns, "rotary_interleaved", False)),
@@ -152,7 +158,7 @@ def model_args_from_megatron_lm(ns, *, dtype: Optional[str] = None) -> ModelArgs
 
 # Fields whose disagreement means a different model or a different RoPE.
 _COMPARED = ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
-             "num_attention_heads", "num_query_groups", "head_dim", "qkv_bias",
+             "num_attention_heads", "num_query_groups", "head_dim", "qkv_bias", "qk_layernorm",
              "tie_word_embeddings", "rope_theta", "rope_scaling", "rotary_interleaved")
 
 
