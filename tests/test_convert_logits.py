@@ -127,6 +127,10 @@ def _parallel_body(rank, world, ckpt, resave, hf_out, tp, pp):
 @pytest.mark.parametrize("family,tp,pp", [
     ("qwen2", 2, 1),  # q/k/v biases split by query group, tied embeddings split by vocab
     ("llama3_tied", 1, 2),  # the last stage's copy of the tied embedding
+    ("qwen3_untied", 2, 1),  # QK norms replicated over TP, head_dim != hidden/heads, YaRN
+    ("qwen3_tied", 1, 2),
+    pytest.param("qwen3_tied", 2, 1, marks=pytest.mark.slow),
+    pytest.param("qwen3_untied", 1, 2, marks=pytest.mark.slow),
     pytest.param("llama3_untied", 2, 1, marks=pytest.mark.slow),
     pytest.param("mistral", 1, 2, marks=pytest.mark.slow),
 ])

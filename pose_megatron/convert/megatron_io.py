@@ -532,7 +532,8 @@ def checkpoint_model_args(ckpt_dir: str, path: str, fmt: str) -> ModelArgs:
                  else None)
     if bridge.has_run_config(path):  # Megatron-Bridge: the model is its run_config.yaml's
         saved = bridge.model_args_from_run_config(path)
-        diffs = disagreements(described, saved) if described is not None else []
+        diffs = (disagreements(bridge.as_read_back(described), saved)
+                 if described is not None else [])
         if diffs:
             raise ValueError(
                 f"{ckpt_dir}: its {CONFIG_FILENAME} disagrees with "
