@@ -13,7 +13,7 @@ that tell it apart. Its entry says, once:
 - ``sliding_window``/``hf_extra``: the config.json keys only this family has.
 
 Adding a family is adding an entry to ``FAMILIES`` (and a tiny random model of it to
-tests/test_convert_fixtures.py). A family whose HF tensors or Megatron modules are not in the
+tests/test_convert_fixtures.py; docs/families.md lists each family's status). A family whose HF tensors or Megatron modules are not in the
 tables below needs its rows first; one whose layers Megatron-Core's GPTModel cannot build (NoPE
 layers, per-layer attention kinds) is not a family of this package.
 """
@@ -74,8 +74,7 @@ SLIDING_WINDOW_FORMS = ("none", "always", "use_sliding_window")
 class Family:
     name: str  # ModelArgs.family and the HF model_type
     architecture: str  # the HF class, config.json "architectures"
-    models: str  # what it covers, for the docs and error messages
-    status: str  # how it is checked
+    models: str  # what it covers, for error messages (status: docs/families.md)
     layer: Tuple[Tensor, ...] = LLAMA_LAYER
     megatron: Mapping[str, bool] = dataclasses.field(default_factory=dict)
     sliding_window: str = "none"
@@ -100,22 +99,15 @@ class Family:
         return tuple(name for name, _ in self.layer)
 
 
-_CHECKED = ("logits with PoSE position ids within 1e-4 of transformers at TP=1/2 and PP=2, "
-            "HF round trip bit-exact")
 FAMILIES: Dict[str, Family] = {f.name: f for f in (
-    Family("llama", "LlamaForCausalLM", "LLaMA 1/2/3/3.1/3.2 and configs shaped like them",
-           _CHECKED + "; real model: SmolLM2-135M", hf_extra={"attention_bias": False,
-                                                               "mlp_bias": False}),
-    Family("mistral", "MistralForCausalLM", "Mistral, Mistral-NeMo (explicit head_dim)",
-           _CHECKED + "; sliding window recorded, not applied", sliding_window="always"),
-    Family("qwen2", "Qwen2ForCausalLM", "Qwen2, Qwen2.5 (dense): q/k/v biases",
-           _CHECKED, layer=QKV_BIAS_LAYER, megatron={"add_qkv_bias": True},
-           sliding_window="use_sliding_window"),
-    Family("qwen3", "Qwen3ForCausalLM",
-           "Qwen3 (dense): per-head RMSNorm of q and k before RoPE, explicit head_dim",
-           _CHECKED + "; trained in Megatron-LM's pretrain_gpt.py (tools/check_megatron_lm.sh)",
-           layer=QK_NORM_LAYER, megatron={"qk_layernorm": True},
-           sliding_window="use_sliding_window", hf_extra={"attention_bias": False}),
+    Family("llama", "LlamaForCausalLM", "LLaMA 1/2/3.x", hf_extra={"attention_bias": False,
+                                                                    "mlp_bias": False}),
+    Family("mistral", "MistralForCausalLM", "Mistral, Mistral-NeMo", sliding_window="always"),
+    Family("qwen2", "Qwen2ForCausalLM", "Qwen2/2.5 dense", layer=QKV_BIAS_LAYER,
+           megatron={"add_qkv_bias": True}, sliding_window="use_sliding_window"),
+    Family("qwen3", "Qwen3ForCausalLM", "Qwen3 dense", layer=QK_NORM_LAYER,
+           megatron={"qk_layernorm": True}, sliding_window="use_sliding_window",
+           hf_extra={"attention_bias": False}),
 )}
 # Reading a Megatron-side description (Megatron-LM args, Bridge provider) cannot tell families
 # with the same Megatron fields apart (Mistral's window is not a Megatron setting): the first
@@ -131,7 +123,8 @@ def get(name: str) -> Family:
 
 def supported() -> str:
     """The supported architectures, for error messages."""
-    return ", ".join(f"{f.architecture} ({f.models})" for f in FAMILIES.values())
+    return ", ".join(f"{f.architecture} ({f.models})" for f in FAMILIES.values()) + \
+        " (docs/families.md)"
 
 
 def from_hf_config(cfg: dict, source: str) -> Family:
