@@ -14,7 +14,6 @@ import json
 import os
 from typing import Any, Optional
 
-FAMILIES = ("llama", "mistral", "qwen2")
 CONFIG_FILENAME = "pose_model.json"
 
 
@@ -29,7 +28,9 @@ class ModelArgs:
     num_query_groups: Optional[int] = None  # HF num_key_value_heads; None means MHA
     head_dim: Optional[int] = None  # None means hidden_size // num_attention_heads
     norm_eps: float = 1e-6
-    qkv_bias: bool = False  # Qwen2
+    # What the family implies (pose_megatron.families); None takes the family's value
+    qkv_bias: Optional[bool] = None  # Qwen2: q/k/v biases
+    qk_layernorm: Optional[bool] = None  # Qwen3: per-head RMSNorm of q and k before RoPE
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 2048  # the HF config's value (the original window)
     rope_theta: float = 10000.0
@@ -43,8 +44,16 @@ class ModelArgs:
     torch_dtype: str = "float32"  # dtype of the weights as stored
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown model family {self.family!r}; expected one of {FAMILIES}")
+        from pose_megatron import families
+
+        implied = families.get(self.family).megatron_config()
+        for megatron_name, name in families.MEGATRON_FIELDS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, implied[megatron_name])
+            elif bool(getattr(self, name)) != implied[megatron_name]:
+                raise ValueError(f"{name}={getattr(self, name)!r} does not fit model family "
+                                 f"{self.family!r} (it has {megatron_name}="
+                                 f"{implied[megatron_name]})")
         if self.num_query_groups is None:
             self.num_query_groups = self.num_attention_heads
         if self.head_dim is None:
@@ -128,6 +137,7 @@ def model_args_to_transformer_config(args: ModelArgs, **overrides):
     from megatron.core import parallel_state as ps
     from megatron.core.transformer import TransformerConfig
 
+    from pose_megatron import families
     from pose_megatron.rotary import softmax_scale_for
 
     parallel = {}
@@ -150,7 +160,7 @@ def model_args_to_transformer_config(args: ModelArgs, **overrides):
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
-        add_qkv_bias=args.qkv_bias,
+        **families.get(args.family).megatron_config(),  # add_qkv_bias, qk_layernorm
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=args.init_method_std,

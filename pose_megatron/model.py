@@ -74,8 +74,9 @@ def _layer_spec(spec: str, config: TransformerConfig):
     )
 
     if _resolve_spec(spec) == "te":
-        return get_gpt_layer_with_transformer_engine_spec()
-    return get_gpt_layer_local_spec(normalization=config.normalization)
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
+    return get_gpt_layer_local_spec(normalization=config.normalization,
+                                    qk_layernorm=config.qk_layernorm)
 
 
 def hybrid_layer_pattern(num_layers: int, stages: int = 1) -> str:
@@ -86,13 +87,16 @@ def hybrid_layer_pattern(num_layers: int, stages: int = 1) -> str:
     return "|".join(["*-" * (num_layers // stages)] * stages)
 
 
-def hybrid_stack_spec(spec: str, normalization: str = "RMSNorm"):
+def hybrid_stack_spec(spec: str, normalization: str = "RMSNorm", qk_layernorm: bool = False):
     """The ``HybridStack`` spec for ``*-`` patterns: Megatron-Core's own (Transformer Engine) for
     ``spec='te'``, else one assembled from the GPT local layer spec's modules (Megatron-LM's
     ``pretrain_hybrid.py`` takes it as ``--spec pose_megatron.hybrid_local_spec
     hybrid_stack_spec``)."""
     megatron_compat.require_hybrid("a hybrid model (model_class='hybrid')")
     if _resolve_spec(spec) == "te":
+        if qk_layernorm:  # Megatron's TE hybrid spec was not checked with QK norm (no GPU here)
+            raise ValueError("a hybrid model with QK norm (Qwen3) is built with the local spec "
+                             "only; use spec='local' or model_class='gpt'")
         from megatron.core.models.hybrid.hybrid_layer_specs import hybrid_stack_spec as te_spec
 
         return te_spec
@@ -104,7 +108,8 @@ def hybrid_stack_spec(spec: str, normalization: str = "RMSNorm"):
 
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    gpt = get_gpt_layer_local_spec(normalization=normalization).submodules
+    gpt = get_gpt_layer_local_spec(normalization=normalization,
+                                   qk_layernorm=qk_layernorm).submodules
     # the GPT local layer's checkpoint names (its norms under the fused TE names), split by half
     names = gpt.sharded_state_dict_keys_map
     attention = ModuleSpec(module=TransformerLayer, submodules=TransformerLayerSubmodules(
@@ -206,7 +211,8 @@ def build_model(
         stages = ps.get_pipeline_model_parallel_world_size() * (
             ps.get_virtual_pipeline_model_parallel_world_size() or 1)
         return pose_hybrid_model_class()(
-            hybrid_stack_spec=hybrid_stack_spec(spec, config.normalization),
+            hybrid_stack_spec=hybrid_stack_spec(spec, config.normalization,
+                                                config.qk_layernorm),
             hybrid_layer_pattern=hybrid_layer_pattern(args.num_layers, stages), **common)
     return PoseGPTModel(transformer_layer_spec=_layer_spec(spec, config), **common)
 

@@ -108,7 +108,11 @@ def _edited_run_config(tmp_path, **model_fields):
     (dict(hidden_size=None), "model.hidden_size: missing"),
     (dict(_target_="megatron.bridge.models.mamba.mamba_provider.MambaModelProvider"),
      "model._target_: 'megatron.bridge.models.mamba"),
-    (dict(position_embedding_type="yarn"), "model.position_embedding_type: 'yarn'"),
+    (dict(position_embedding_type="learned_absolute"),
+     "model.position_embedding_type: 'learned_absolute'; only 'rope' and 'yarn'"),
+    (dict(position_embedding_type="yarn"), "model.yarn_rotary_scaling_factor: missing"),
+    (dict(yarn_rotary_scaling_factor=4.0), "model.yarn_rotary_scaling_factor: 4.0: not conv"),
+    (dict(qk_layernorm=True, add_qkv_bias=True), "model: add_qkv_bias and qk_layernorm together"),
 ])
 def test_unconvertible_run_config_is_refused_naming_file_and_field(tmp_path, fields, message):
     path = _edited_run_config(tmp_path, **fields)
@@ -197,12 +201,13 @@ def test_layout_bridge_writes_what_bridge_wrote(converted):
 def test_layout_bridge_refusals(tmp_path, capsys):
     from tests.test_convert_fixtures import make_hf_model, save_hf_model
 
+    # YaRN whose attention factor Megatron's YaRN cannot take: refused naming the parameter
     yarn = save_hf_model(make_hf_model("llama2", rope_scaling={
-        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
-        str(tmp_path / "yarn"), shard=False)
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+        "attention_factor": 1.5}), str(tmp_path / "yarn"), shard=False)
     code, err = _run(to_megatron.main, ["--hf-dir", yarn, "--out", str(tmp_path / "o1"),
                                         "--layout", "bridge", "--no-progress"], capsys)
-    assert code == 2 and err.startswith("error: --layout bridge: RoPE 'yarn'"), err
+    assert code == 2 and err.startswith("error: --layout bridge: YaRN attention_factor 1.5: "), err
     assert not (tmp_path / "o1").exists()
     code, err = _run(to_megatron.main, ["--hf-dir", HF, "--out", str(tmp_path / "o2"),
                                         "--layout", "bridge", "--format", "legacy",
@@ -242,6 +247,11 @@ def test_real_bridge_check(tmp_path):
     ("llama2", dict(rope_scaling={"rope_type": "linear", "factor": 4.0})),
     ("qwen2", {}),
     ("llama3_tied", dict(rope_scaling=None)),
+    ("qwen3_untied", {}),  # qk_layernorm, kv_channels, YaRN
+    ("qwen3_tied", dict(rope_scaling={
+        "rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 32,
+        "beta_fast": 16.0, "beta_slow": 2.0, "mscale": 0.8, "mscale_all_dim": 0.5,
+        "truncate": False})),
 ])
 def test_run_config_we_write_reads_back_as_the_same_model(tmp_path, family, extra):
     from pose_megatron.convert import hf_config
@@ -253,4 +263,34 @@ def test_run_config_we_write_reads_back_as_the_same_model(tmp_path, family, extr
     bridge.write_metadata(str(tmp_path), str(tmp_path), args, 0)
     back = bridge.model_args_from_run_config(str(tmp_path))
     assert not disagreements(args, back)
+    assert (back.qkv_bias, back.qk_layernorm, back.head_dim) == (
+        args.qkv_bias, args.qk_layernorm, args.head_dim)
     assert (back.family, back.tie_word_embeddings) == (args.family, args.tie_word_embeddings)
+
+
+def test_yarn_written_for_bridge_is_megatrons_yarn_field_by_field():
+    """HF YaRN -> the provider fields Megatron-Core's YarnRotaryEmbedding is built from; HF's
+    defaults (betas 32/1, truncate) written out, since Megatron fills none of them; explicit
+    defaults read back as the same RoPE."""
+    from pose_megatron.config import ModelArgs
+
+    args = ModelArgs(family="qwen3", vocab_size=96, hidden_size=64, intermediate_size=96,
+                     num_layers=2, num_attention_heads=4, num_query_groups=2, head_dim=24,
+                     max_position_embeddings=128, rope_theta=1e6, rope_scaling={
+                         "rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
+                         "original_max_position_embeddings": 32, "mscale": 2.0})
+    fields = bridge.provider_fields(args)
+    assert {k: v for k, v in fields.items() if k.startswith(("yarn_", "position_emb", "qk_"))} \
+        == {"position_embedding_type": "yarn", "yarn_rotary_scaling_factor": 4.0,
+            "yarn_original_max_position_embeddings": 32, "yarn_beta_fast": 32.0,
+            "yarn_beta_slow": 1.0, "yarn_mscale": None, "yarn_mscale_all_dim": None,
+            "yarn_correction_range_round_to_int": True, "qk_layernorm": True}
+    assert (fields["kv_channels"], fields["add_qkv_bias"]) == (24, False)
+    back = bridge.as_read_back(args)
+    assert back.rope_scaling == {"rope_type": "yarn", "factor": 4.0,
+                                 "original_max_position_embeddings": 32}
+    from pose_megatron.rope import compute_inv_freq
+
+    for a, b in zip(compute_inv_freq(24, 1e6, args.rope_scaling, dtype=torch.float32),
+                    compute_inv_freq(24, 1e6, back.rope_scaling, dtype=torch.float32)):
+        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))

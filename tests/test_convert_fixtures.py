@@ -25,6 +25,15 @@ FAMILIES = {
     # Qwen2-like: q/k/v biases, tied
     "qwen2": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2,
                                   tie_word_embeddings=True, rope_theta=1000000.0)),
+    # Qwen3-like: per-head q/k RMSNorm (weights randomised below), head_dim != hidden/heads
+    # (Qwen3-0.6B: 1024 / 16 heads, head_dim 128), tied as the small ones, rope_theta 1e6
+    "qwen3_tied": ("Qwen3Config", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                       tie_word_embeddings=True, rope_theta=1000000.0)),
+    # untied, with the YaRN its configs ship (factor 4 over a 64-token original window)
+    "qwen3_untied": ("Qwen3Config", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=24, tie_word_embeddings=False,
+        rope_theta=1000000.0, rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                            "original_max_position_embeddings": 64})),
 }
 
 BASE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=4, vocab_size=256,
@@ -36,13 +45,12 @@ def make_hf_model(family: str, seed: int = 0, **overrides):
 
     cls_name, kwargs = FAMILIES[family]
     config = getattr(transformers, cls_name)(**{**BASE, **kwargs, **overrides})
-    model_cls = {"LlamaConfig": transformers.LlamaForCausalLM,
-                 "MistralConfig": transformers.MistralForCausalLM,
-                 "Qwen2Config": transformers.Qwen2ForCausalLM}[cls_name]
+    model_cls = getattr(transformers, cls_name.replace("Config", "ForCausalLM"))
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     with torch.no_grad():
         # random init leaves norms at 1 and biases at 0: randomise them so a swap would show
+        # (q_norm/k_norm too: a dropped or misplaced QK norm changes the logits)
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or name.endswith(".bias"):
                 p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("norm.weight") else 0.0))

@@ -144,9 +144,13 @@ def _parallel_body(rank, world, ckpt, resave, hf_out, tp, pp, model_class):
 @pytest.mark.parametrize("family,tp,pp,model_class", [
     ("qwen2", 2, 1, "gpt"),  # q/k/v biases split by query group, tied embeddings split by vocab
     ("llama3_tied", 1, 2, "gpt"),  # the last stage's copy of the tied embedding
+    ("qwen3_untied", 2, 1, "gpt"),  # QK norms replicated over TP, head_dim != hidden/heads, YaRN
+    ("qwen3_tied", 1, 2, "gpt"),
     # the converter's GPT checkpoint in a HybridModel (Megatron's load-time translation)
     pytest.param("qwen2", 2, 1, "hybrid", marks=needs_hybrid),
     pytest.param("llama3_untied", 1, 2, "hybrid", marks=needs_hybrid),
+    pytest.param("qwen3_tied", 2, 1, "gpt", marks=pytest.mark.slow),
+    pytest.param("qwen3_untied", 1, 2, "gpt", marks=pytest.mark.slow),
     pytest.param("llama3_untied", 2, 1, "gpt", marks=pytest.mark.slow),
     pytest.param("mistral", 1, 2, "gpt", marks=pytest.mark.slow),
 ])

@@ -52,8 +52,43 @@ def test_qwen2_and_mistral_fields():
 
 
 def test_unknown_architecture_is_named():
-    with pytest.raises(ValueError, match=r"cfg.json: unknown architecture \['GPT2LMHeadModel'\]"):
+    with pytest.raises(ValueError, match=r"cfg.json: unknown architecture \['GPT2LMHeadModel'\]; "
+                                         r"supported: LlamaForCausalLM .*Qwen3ForCausalLM"):
         hf_config.args_from_hf_config({"architectures": ["GPT2LMHeadModel"]}, "cfg.json")
+
+
+def test_family_registry_is_what_every_side_reads():
+    """One entry per family: the docs list each, the Megatron-side fields find it back, its
+    implied settings are refused when contradicted, and config.json round-trips its keys."""
+    import os
+
+    from pose_megatron import families
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "families.md")).read()
+    for family in families.FAMILIES.values():
+        assert f"| `{family.name}` | `{family.architecture}` |" in doc, family.name
+        if family.name != "mistral":  # the same Megatron fields as llama: llama is read back
+            assert families.family_from_megatron(family.megatron_config(), "x") is family
+    with pytest.raises(ValueError, match="x: add_qkv_bias and qk_layernorm together describe no"):
+        families.family_from_megatron({"add_qkv_bias": True, "qk_layernorm": True}, "x")
+    with pytest.raises(ValueError, match="qk_layernorm=False does not fit model family 'qwen3'"):
+        ModelArgs(**{**ARGS.to_dict(), "family": "qwen3", "qkv_bias": None, "qk_layernorm": False})
+    qwen3 = hf_config.args_from_hf_config({
+        "architectures": ["Qwen3ForCausalLM"], "vocab_size": 256, "hidden_size": 64,
+        "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 24, "rms_norm_eps": 3e-6, "attention_bias": False,
+        "sliding_window": 4096, "use_sliding_window": False, "tie_word_embeddings": True,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}})
+    assert (qwen3.family, qwen3.qk_layernorm, qwen3.qkv_bias, qwen3.head_dim, qwen3.norm_eps,
+            qwen3.sliding_window, qwen3.rope_theta) == ("qwen3", True, False, 24, 3e-6, None, 1e6)
+    back = hf_config.hf_config_from_args(qwen3)
+    assert (back["architectures"], back["model_type"], back["head_dim"], back["attention_bias"],
+            back["use_sliding_window"]) == (["Qwen3ForCausalLM"], "qwen3", 24, False, False)
+    shapes = weights.hf_shapes(qwen3)
+    assert (shapes["model.layers.1.self_attn.q_norm.weight"],
+            shapes["model.layers.1.self_attn.q_proj.weight"]) == ((24,), (96, 64))
+    assert weights.hf_sources("decoder.layers.1.self_attention.k_layernorm.weight", qwen3) == (
+        "model.layers.1.self_attn.k_norm.weight",)
 
 
 def test_export_rope_native_ntk_and_unknown():

@@ -42,6 +42,8 @@ REAL_PARSER = {
     "--rotary-seq-len-interpolation-factor": ("rotary_seq_len_interpolation_factor", None),
     "--disable-bias-linear": ("add_bias_linear", True),
     "--add-qkv-bias": ("add_qkv_bias", False),
+    "--qk-layernorm": ("qk_layernorm", False),
+    "--qk-l2-norm": ("qk_l2_norm", False),
     "--squared-relu": ("squared_relu", False),
     "--swiglu": ("swiglu", False),
     "--untie-embeddings-and-output-weights": ("untie_embeddings_and_output_weights", False),
@@ -78,7 +80,8 @@ def pretrain_namespace(**changes) -> argparse.Namespace:
         use_rotary_position_embeddings=False, rotary_base=50000, rotary_percent=1.0,
         rotary_interleaved=False, use_rope_scaling=False, rope_scaling_factor=8.0,
         rotary_seq_len_interpolation_factor=None, add_bias_linear=False, add_qkv_bias=False,
-        squared_relu=False, swiglu=True, untie_embeddings_and_output_weights=True,
+        qk_layernorm=False, qk_l2_norm=False, squared_relu=False, swiglu=True,
+        untie_embeddings_and_output_weights=True,
         layernorm_zero_centered_gamma=False, normalization="RMSNorm", layernorm_epsilon=3e-6,
         init_method_std=0.013, num_experts=None, make_vocab_size_divisible_by=128,
         vocab_size=1000, padded_vocab_size=1024, bf16=False, fp16=False,
@@ -115,6 +118,9 @@ def test_pretrain_args_read_every_field():
     ({"untie_embeddings_and_output_weights": False}, "tie_word_embeddings", True),
     ({"padded_vocab_size": 1152}, "vocab_size", 1152),
     ({"add_qkv_bias": True}, "qkv_bias", True),
+    ({"add_qkv_bias": True}, "family", "qwen2"),
+    ({"qk_layernorm": True}, "qk_layernorm", True),
+    ({"qk_layernorm": True}, "family", "qwen3"),
     ({"max_position_embeddings": 96}, "max_position_embeddings", 96),
     ({"use_rope_scaling": True, "rope_scaling_factor": 16.0}, "rope_scaling",
      {"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -145,6 +151,7 @@ def test_release_015_dest_names_are_read():
     ({"layernorm_zero_centered_gamma": True}, None, "--apply-layernorm-1p"),
     ({"rotary_percent": 0.5}, None, "--rotary-percent"),
     ({"squared_relu": True}, None, "--squared-relu"),
+    ({"qk_l2_norm": True}, None, "--qk-l2-norm"),
 ])
 def test_missing_or_unexportable_fields_are_refused_by_flag(changes, deleted, words):
     from pose_megatron.convert.megatron_lm_args import model_args_from_megatron_lm
@@ -159,7 +166,7 @@ def test_missing_or_unexportable_fields_are_refused_by_flag(changes, deleted, wo
 _MODEL_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                  "num_query_groups", "kv_channels", "layernorm_epsilon", "add_bias_linear",
                  "add_qkv_bias", "rotary_interleaved", "normalization", "gated_linear_unit",
-                 "layernorm_zero_centered_gamma")
+                 "layernorm_zero_centered_gamma", "qk_layernorm")
 
 
 def megatron_lm_config(ns):
@@ -177,7 +184,8 @@ def megatron_lm_config(ns):
 
 
 @pytest.mark.parametrize("changes", [{}, {"kv_channels": 32, "layernorm_epsilon": 7e-7,
-                                          "rotary_interleaved": True, "add_qkv_bias": True}])
+                                          "rotary_interleaved": True, "add_qkv_bias": True},
+                                     {"qk_layernorm": True}])
 def test_read_model_has_the_config_megatron_lm_builds_from_the_args(changes):
     from pose_megatron.config import model_args_to_transformer_config
     from pose_megatron.convert.megatron_lm_args import model_args_from_megatron_lm

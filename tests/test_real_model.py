@@ -257,7 +257,7 @@ def test_export_round_trip(hf_dir, trained, tmp_path):
     got = hf_state(out)
     try:
         for name in weights.megatron_names(args):
-            for hf_name, t in zip(weights.hf_sources(name),
+            for hf_name, t in zip(weights.hf_sources(name, args),
                                   weights.global_to_hf(name, reader.get(name), args)):
                 assert torch.equal(got.pop(hf_name), t), hf_name
     finally:

@@ -6,6 +6,8 @@
 #   4. OUR tools/convert_hf_to_megatron.py --layout bridge converts the HF model
 #   5. Bridge's loader (AutoBridge.load_megatron_model) loads ours; logits vs HF
 #   6. Bridge exports ours back to HF (export_ckpt's calls); logits vs HF
+#   7. a tiny Qwen3 with YaRN: ours --layout bridge -> Bridge's loader, logits vs HF; Bridge's
+#      own import of it -> ours -> HF, logits vs HF
 # Fails unless every max |logits difference| is <= 1e-4. Prints the timings of both importers.
 #   bash tools/check_bridge.sh                 # builds .venv-bridge first if needed (~3 min)
 #   WORK=/tmp/bridge-check KEEP=1 bash tools/check_bridge.sh
@@ -21,7 +23,8 @@ VENV=$BRIDGE_VENV bash tools/bridge/setup_bridge_env.sh
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$WORK"
 [ -n "${KEEP:-}" ] || trap 'rm -rf "$WORK"' EXIT
-rm -rf "$WORK"/{hf,bridge_ckpt,ours_from_bridge_hf,ours_ckpt,bridge_export_hf}
+rm -rf "$WORK"/{hf,bridge_ckpt,ours_from_bridge_hf,ours_ckpt,bridge_export_hf,hf_qwen3,ours_qwen3}
+rm -rf "$WORK"/{bridge_qwen3,ours_from_bridge_qwen3}
 RESULTS="$WORK/results.jsonl"
 : > "$RESULTS"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -57,6 +60,20 @@ step "Bridge loads its own; logits vs HF" bridge_load_own $B load --hf "$WORK/hf
 step "Bridge exports ours to HF" bridge_export $B export --hf "$WORK/hf" --ckpt "$WORK/ours_ckpt" \
   --out "$WORK/bridge_export_hf"
 step "logits: HF vs ours exported by Bridge" logits2 $B logits --a "$WORK/hf" --b "$WORK/bridge_export_hf"
+# Qwen3 with YaRN (QK norm, head_dim 24 != 64/4, tied, factor 4 over 64): ours -> Bridge's loader
+step "make tiny HF Qwen3 (YaRN)" make_qwen3 $B make-hf --family qwen3 --out "$WORK/hf_qwen3"
+step "ours: Qwen3 HF -> Megatron (--layout bridge)" ours_import_qwen3 "$VENV/bin/python" \
+  tools/convert_hf_to_megatron.py --hf-dir "$WORK/hf_qwen3" --out "$WORK/ours_qwen3" --layout bridge \
+  --no-progress
+step "Bridge loads ours (Qwen3, YaRN); logits vs HF" bridge_load_qwen3 $B load --hf "$WORK/hf_qwen3" \
+  --ckpt "$WORK/ours_qwen3"
+step "Bridge import of Qwen3 (YaRN)" bridge_import_qwen3 $B import --hf "$WORK/hf_qwen3" \
+  --out "$WORK/bridge_qwen3"
+step "ours: Bridge's Qwen3 checkpoint -> HF" ours_to_hf_qwen3 "$VENV/bin/python" \
+  tools/convert_megatron_to_hf.py --megatron-dir "$WORK/bridge_qwen3" --out "$WORK/ours_from_bridge_qwen3" \
+  --no-progress
+step "logits: HF vs Bridge's Qwen3 checkpoint via ours" logits_qwen3 $B logits --a "$WORK/hf_qwen3" \
+  --b "$WORK/ours_from_bridge_qwen3"
 
 "$VENV/bin/python" - "$RESULTS" "$TOL" <<'PY'
 import json, sys

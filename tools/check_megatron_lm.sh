@@ -22,13 +22,17 @@
 #    checkpoint converts to HF and matches Megatron-LM's own load of it within 1e-4. Without
 #    Transformer Engine (a CPU) the stack spec is pose_megatron.hybrid_local_spec (local layers);
 #    with TE it is Megatron-Core's own, TE-only hybrid_stack_spec (HYBRID_SPEC=te|local).
+# 7. trains a Qwen3-shaped model (--qk-layernorm, --kv-channels 24 != hidden/heads 16, tied
+#    embeddings, rope base 1e6, PoSE with YaRN), exports it (Qwen3ForCausalLM, from the saved
+#    args) and compares Megatron-LM's own load with transformers' the same way.
 # Megatron-LM's source is read and run beside the project, never copied into it. On a machine
 # without a GPU, Megatron-LM's training loop runs with the CPU redirects of
 # tools/megatron_lm/sitecustomize.py (test scaffolding only). Environment:
 #   PYTHON   the interpreter (default: .venv for 0.16, .venv-mcore019 for 0.19)
 #   ITERS    PoSE iterations (default 4)
 #   ROPE_TYPES      the types of step 5 (default: all eight); ITERS_PER_TYPE (default 1)
-#   TYPES_ONLY=1    run step 5 (and 6) only; HYBRID_ONLY=1: step 6 only (0.19)
+#   TYPES_ONLY=1    run step 5 (and 6) only; HYBRID_ONLY=1: step 6 only (0.19); QWEN3_ONLY=1:
+#                   step 7 only
 # Installs into that environment what Megatron-LM's tree imports beyond the megatron-core wheel's
 # requirements (six, triton: the checkout's own megatron/ comes first on PYTHONPATH), and
 # on Python 3.11 for 0.19 a .pth that gives typing.override from typing_extensions (0.19's
@@ -117,7 +121,7 @@ RUN=(--tokenizer-type NullTokenizer --vocab-size 2000 --make-vocab-size-divisibl
 POSE=(--pose-target-len 512 --rope-scaling-type linear)
 
 declare -A SECONDS_OF=([train_torch_dist]=- [train_torch]=-)
-if [ "${TYPES_ONLY:-0}" != 1 ] && [ "${HYBRID_ONLY:-0}" != 1 ]; then
+if [ "${TYPES_ONLY:-0}" != 1 ] && [ "${HYBRID_ONLY:-0}" != 1 ] && [ "${QWEN3_ONLY:-0}" != 1 ]; then
 for FMT in torch_dist torch; do
   echo "== 3. PoSE training with the patched pretrain_gpt.py: $ITERS iterations, --ckpt-format $FMT"
   SAVE=$WORK/pretrain_$FMT
@@ -203,6 +207,7 @@ ITERS_PER_TYPE=${ITERS_PER_TYPE:-1}
 TYPES_SUMMARY=()
 ALL_TYPES="none linear ntk dynamic yarn yarn_pose llama3 longrope"
 [ "${HYBRID_ONLY:-0}" = 1 ] && ALL_TYPES=linear  # step 6 starts from the linear checkpoint
+[ "${QWEN3_ONLY:-0}" = 1 ] && ALL_TYPES=
 for KIND in ${ROPE_TYPES:-$ALL_TYPES}; do
   mapfile -t EXTRA < <(cd "$ROOT" && "$PY" -m tests.rope_type_flags "$KIND")
   # plain RoPE has no extended window: the model's own window is the target
@@ -231,7 +236,7 @@ for KIND in ${ROPE_TYPES:-$ALL_TYPES}; do
     --megatron "$WORK/mlm_type_$KIND.pt" --tol 1e-4 --label "$KIND: "
   TYPES_SUMMARY+=("$KIND: lm loss $LOSS, HF config $HF_ROPE, $(( $(date +%s) - t )) s")
 done
-printf '  %s\n' "${TYPES_SUMMARY[@]}"
+[ ${#TYPES_SUMMARY[@]} = 0 ] || printf '  %s\n' "${TYPES_SUMMARY[@]}"
 
 if [ -f "$HYBRID_PATCH" ]; then
   echo "== 8. pretrain_hybrid.py: a GPT checkpoint into a HybridModel, PoSE-trained, exported"
@@ -279,4 +284,42 @@ if [ -f "$HYBRID_PATCH" ]; then
   echo "hybrid step: $(( $(date +%s) - t )) s"
 fi
 
-echo "== $TAG: all checks passed on $DEVICE in $(( $(date +%s) - T0 )) s (training: torch_dist ${SECONDS_OF[train_torch_dist]} s, torch ${SECONDS_OF[train_torch]} s, $ITERS iterations each)"
+QWEN3_SUMMARY=-
+if [ "${TYPES_ONLY:-0}" != 1 ] && [ "${HYBRID_ONLY:-0}" != 1 ]; then
+echo "== 9. Qwen3 (--qk-layernorm, --kv-channels 24, tied): PoSE-YaRN through pretrain_gpt.py, export, Megatron-LM's load vs HF"
+# Megatron-LM's names for what makes Qwen3: QK norm (--qk-layernorm: RMSNorm per head on q and k
+# before RoPE, with --normalization RMSNorm) and a head dim apart from hidden/heads
+# (--kv-channels); no biases, tied embeddings as in its small sizes, rope base 1e6, Qwen3's norm
+# epsilon 1e-6 (stored by Megatron-LM as layernorm_epsilon, which the export reads).
+QWEN3=(--num-layers 2 --hidden-size 64 --ffn-hidden-size 128 --num-attention-heads 4
+       --kv-channels 24 --qk-layernorm --group-query-attention --num-query-groups 2
+       --seq-length 64 --max-position-embeddings 64 --position-embedding-type rope
+       --rotary-base 1000000 --normalization RMSNorm --norm-epsilon 1e-6 --swiglu
+       --disable-bias-linear --attention-dropout 0 --hidden-dropout 0)
+mapfile -t YARN_FLAGS < <(cd "$ROOT" && "$PY" -m tests.rope_type_flags yarn)
+QPOSE=(--pose-target-len 512 --rope-scaling-type yarn "${YARN_FLAGS[@]}")
+SAVE=$WORK/qwen3
+rm -rf "$SAVE" "$WORK/hf_qwen3"
+t=$(date +%s)
+env "${DIST_ENV[@]}" MASTER_PORT=$(free_port) "$PY" "$WORK/mlm/pretrain_gpt.py" "${QWEN3[@]}" "${RUN[@]}" \
+  "${QPOSE[@]}" --data-path "$DATA" --split 100,0,0 --train-iters "$ITERS" --lr 1e-3 \
+  --lr-decay-style constant --eval-iters 0 --eval-interval 100000 --log-interval 1 --save "$SAVE" \
+  --save-interval "$ITERS" --ckpt-format torch_dist > "$WORK/qwen3.log" 2>&1 ||
+  { tail -30 "$WORK/qwen3.log"; echo "error: pretrain_gpt.py (Qwen3) failed" >&2; exit 1; }
+grep -E "\] iteration +[0-9]+/" "$WORK/qwen3.log" | sed -E 's/^.*\] (iteration +[0-9]+\/ +[0-9]+).*(lm loss: [^|]*).*$/\1 | \2/'
+"$PY" "$ROOT/tools/convert_megatron_to_hf.py" --megatron-dir "$SAVE" --out "$WORK/hf_qwen3" \
+  --tokenizer "$TOK" --no-progress
+QWEN3_HF=$("$PY" -c "import json,sys; c=json.load(open(sys.argv[1])); r=c['rope_parameters']; print(c['architectures'][0], 'head_dim', c['head_dim'], 'tied', c['tie_word_embeddings'], 'rope', r['rope_type'], 'factor', r.get('factor'))" \
+  "$WORK/hf_qwen3/config.json")
+echo "config.json: $QWEN3_HF"
+case "$QWEN3_HF" in Qwen3ForCausalLM*) ;; *) echo "error: exported as $QWEN3_HF, not Qwen3ForCausalLM" >&2; exit 1 ;; esac
+env "${DIST_ENV[@]}" MASTER_PORT=$(free_port) "$PY" "$ROOT/tools/megatron_lm/mlm_logits.py" --pose \
+  --out "$WORK/mlm_qwen3.pt" --lengths 64 512 -- "${QWEN3[@]}" "${RUN[@]}" "${QPOSE[@]}" \
+  --load "$SAVE" --ckpt-format torch_dist --no-load-optim --no-load-rng > "$WORK/mlm_qwen3.log" 2>&1 ||
+  { tail -30 "$WORK/mlm_qwen3.log"; echo "error: Megatron-LM could not load $SAVE" >&2; exit 1; }
+"$PY" "$ROOT/tools/megatron_lm/compare_logits.py" --hf "$WORK/hf_qwen3" \
+  --megatron "$WORK/mlm_qwen3.pt" --tol 1e-4 --label "Qwen3: "
+QWEN3_SUMMARY="$(( $(date +%s) - t )) s"
+fi
+
+echo "== $TAG: all checks passed on $DEVICE in $(( $(date +%s) - T0 )) s (training: torch_dist ${SECONDS_OF[train_torch_dist]} s, torch ${SECONDS_OF[train_torch]} s, $ITERS iterations each; Qwen3 step $QWEN3_SUMMARY)"

@@ -105,11 +105,11 @@ def hf_to_megatron(
     args.torch_dtype = megatron_io.dtype_name(target)
 
     def get_global(name):
-        tensors = [hf.get(n) for n in weights.hf_sources(name)]
+        tensors = [hf.get(n) for n in weights.hf_sources(name, args)]
         return weights.hf_to_global(name, tensors, args).to(target)
 
     def get_pieces(name):
-        tensors = [hf.get(n) for n in weights.hf_sources(name)]
+        tensors = [hf.get(n) for n in weights.hf_sources(name, args)]
         return [t.to(target) for t in weights.hf_to_global_pieces(name, tensors, args)]
 
     bar, step = _progress_bar(hf.nbytes(), "HF -> Megatron", progress)
@@ -171,7 +171,7 @@ def megatron_to_hf(
             for name in names:
                 tensor = reader.get(name)
                 step(name, tensor)
-                for hf_name, t in zip(weights.hf_sources(name),
+                for hf_name, t in zip(weights.hf_sources(name, args),
                                       weights.global_to_hf(name, tensor, args)):
                     writer.add(hf_name, t.to(target) if target is not None else t)
             writer.finish()

@@ -35,7 +35,7 @@ import io
 import os
 from typing import Any, Optional
 
-from pose_megatron import publish
+from pose_megatron import families, publish
 from pose_megatron.config import ModelArgs
 
 RUN_CONFIG = "run_config.yaml"
@@ -49,6 +49,8 @@ _LLAMA3 = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
 # Providers of other architectures (the field checks below would refuse them too, less clearly).
 _NOT_GPT = ("Mamba", "Hybrid", "T5", "VL", "Bert", "MLA")
 _DTYPES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+# HF's YaRN defaults (modeling_rope_utils: ``beta_fast or 32``, ``beta_slow or 1``, truncate True).
+_YARN_BETAS = (32.0, 1.0)
 
 
 class BridgeConfigError(ValueError):
@@ -123,16 +125,26 @@ def model_args_from_run_config(path: str) -> ModelArgs:
     if act not in ("torch.nn.functional.silu", "torch.nn.modules.activation.SiLU"):
         raise bad("activation_func", f"{act!r}; only SiLU (SwiGLU) converts")
     require("add_bias_linear", False, True)
-    require("position_embedding_type", "rope", "learned_absolute")
+    kind = model.get("position_embedding_type", "learned_absolute")
+    if kind not in ("rope", "yarn"):
+        raise bad("position_embedding_type",
+                  f"{kind!r}; only 'rope' and 'yarn' convert to a LLaMA-family HF model")
     require("rotary_percent", 1.0, 1.0)
-    for field in ("qk_layernorm", "multi_latent_attention", "layernorm_zero_centered_gamma",
+    for field in ("multi_latent_attention", "layernorm_zero_centered_gamma",
                   "apply_residual_connection_post_layernorm"):
         if model.get(field):
             raise bad(field, f"{model[field]!r}; LLaMA-family models have none")
-    for field in ("num_moe_experts", "softmax_scale", "window_size", "yarn_rotary_scaling_factor",
-                  "rotary_scaling_factor", "heterogeneous_layers_config_path"):
+    not_convertible = ["num_moe_experts", "softmax_scale", "window_size", "rotary_scaling_factor",
+                       "heterogeneous_layers_config_path"]
+    if kind == "rope":  # (Bridge's attention still applies a YaRN factor that is set)
+        not_convertible.append("yarn_rotary_scaling_factor")
+    for field in not_convertible:
         if model.get(field) is not None:
             raise bad(field, f"{model[field]!r}: not convertible (dense LLaMA-family models only)")
+    try:
+        family = families.family_from_megatron(model, f"{file}: model")
+    except ValueError as err:
+        raise BridgeConfigError(str(err)) from None
 
     heads = int(get("num_attention_heads", required=True))
     hidden = int(get("hidden_size", required=True))
@@ -148,26 +160,17 @@ def model_args_from_run_config(path: str) -> ModelArgs:
                       f"to {padded}, which a HF model of vocab_size {vocab} cannot load")
     theta = float(get("rotary_base", 10000))
     window = int(get("seq_length", required=True))
-    scaling = None
-    if model.get("rope_scaling"):
-        scaling = {"rope_type": "llama3", "factor": float(model.get("rope_scaling_factor", 8.0)),
-                   **_LLAMA3}
-    interpolation = model.get("seq_len_interpolation_factor")
-    if interpolation not in (None, 1, 1.0):
-        if scaling is not None:
-            raise bad("seq_len_interpolation_factor", "set together with rope_scaling")
-        scaling = {"rope_type": "linear", "factor": float(interpolation)}
+    scaling = _rope_from_provider(model, bad)
     dtype = ("bfloat16" if model.get("bf16") else "float16" if model.get("fp16") else
              _DTYPES.get(_target(model.get("params_dtype")), "float32"))
-    qkv_bias = bool(model.get("add_qkv_bias", False))
     try:
         return ModelArgs(
-            family="qwen2" if qkv_bias else "llama", vocab_size=vocab, hidden_size=hidden,
+            family=family.name, vocab_size=vocab, hidden_size=hidden,
             intermediate_size=int(get("ffn_hidden_size", required=True)),
             num_layers=int(get("num_layers", required=True)), num_attention_heads=heads,
             num_query_groups=int(model.get("num_query_groups") or heads),
             head_dim=int(model.get("kv_channels") or hidden // heads),
-            norm_eps=float(get("layernorm_epsilon", 1e-5)), qkv_bias=qkv_bias,
+            norm_eps=float(get("layernorm_epsilon", 1e-5)),
             tie_word_embeddings=bool(get("share_embeddings_and_output_weights", True)),
             max_position_embeddings=window, rope_theta=theta, rope_scaling=scaling,
             rotary_interleaved=bool(get("rotary_interleaved", False)),
@@ -177,7 +180,101 @@ def model_args_from_run_config(path: str) -> ModelArgs:
         raise BridgeConfigError(f"{file}: model: {err}") from None
 
 
+def _rope_from_provider(model: dict, bad) -> Optional[dict]:
+    """The HF rope_scaling (None: plain) of a provider's RoPE fields; HF's defaults are left out
+    so that equal RoPEs compare equal."""
+    from pose_megatron.rope import _yarn_mscale
+
+    scaling = None
+    if model.get("rope_scaling"):
+        scaling = {"rope_type": "llama3", "factor": float(model.get("rope_scaling_factor", 8.0)),
+                   **_LLAMA3}
+    interpolation = model.get("seq_len_interpolation_factor")
+    if interpolation not in (None, 1, 1.0):
+        if scaling is not None:
+            raise bad("seq_len_interpolation_factor", "set together with rope_scaling")
+        scaling = {"rope_type": "linear", "factor": float(interpolation)}
+    if model.get("position_embedding_type") != "yarn":
+        return scaling
+    if scaling is not None:
+        raise bad("position_embedding_type", "'yarn' set together with rope_scaling or "
+                  "seq_len_interpolation_factor")
+    # Megatron-Core's YarnRotaryEmbedding, as GPTModel builds it from these fields
+    for field in ("yarn_rotary_scaling_factor", "yarn_original_max_position_embeddings",
+                  "yarn_beta_fast", "yarn_beta_slow"):
+        if model.get(field) is None:
+            raise bad(field, "missing; Megatron-Core's YaRN needs it")
+    factor = float(model["yarn_rotary_scaling_factor"])
+    scaling = {"rope_type": "yarn", "factor": factor,
+               "original_max_position_embeddings": int(model["yarn_original_max_position_embeddings"])}
+    for hf, field, default in zip(("beta_fast", "beta_slow"), ("yarn_beta_fast", "yarn_beta_slow"),
+                                  _YARN_BETAS):
+        if float(model[field]) != default:
+            scaling[hf] = float(model[field])
+    if not model.get("yarn_correction_range_round_to_int"):  # None: Megatron does not round
+        scaling["truncate"] = False
+    mscale, mscale_all_dim = model.get("yarn_mscale"), model.get("yarn_mscale_all_dim")
+    if mscale is not None and mscale_all_dim is not None:
+        if mscale and mscale_all_dim:  # HF's condition for the same ratio
+            scaling.update(mscale=float(mscale), mscale_all_dim=float(mscale_all_dim))
+        else:  # Megatron's ratio, which HF only takes as an explicit attention factor
+            value = float(_yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim))
+            if value != _yarn_mscale(factor):
+                scaling["attention_factor"] = value
+    return scaling
+
+
+def as_read_back(args: ModelArgs) -> ModelArgs:
+    """``args`` as reading the run_config.yaml written for it gives it back (HF's RoPE defaults
+    left out), to compare a pose_model.json with a run_config.yaml; unchanged where Bridge
+    cannot express its RoPE."""
+    import dataclasses
+
+    try:
+        fields = provider_fields(args)
+    except ValueError:
+        return args
+
+    def bad(field, why):
+        return ValueError(f"{field}: {why}")
+
+    return dataclasses.replace(args, rope_scaling=_rope_from_provider(fields, bad))
+
+
 # ----------------------------------------------------------------------------- writing
+
+
+def _yarn_fields(scaling: dict) -> dict:
+    """The GPTModelProvider fields of HF YaRN ``scaling``: Megatron-Core's YarnRotaryEmbedding
+    (GPTModel ``position_embedding_type="yarn"``), with the names Bridge's own import uses
+    (``MegatronModelBridge.YARN_ROPE_SCALING_MAPPING``). Every field is written: Megatron does not
+    fill HF's defaults (a missing ``yarn_correction_range_round_to_int`` means no rounding)."""
+    from pose_megatron.rope import _yarn_attention_factor
+
+    factor = float(scaling["factor"])
+    fields = {
+        "position_embedding_type": "yarn", "yarn_rotary_scaling_factor": factor,
+        "yarn_original_max_position_embeddings": int(scaling["original_max_position_embeddings"]),
+        "yarn_beta_fast": float(scaling.get("beta_fast") or _YARN_BETAS[0]),
+        "yarn_beta_slow": float(scaling.get("beta_slow") or _YARN_BETAS[1]),
+        "yarn_mscale": None, "yarn_mscale_all_dim": None,  # None: Megatron's default factor
+        "yarn_correction_range_round_to_int": bool(scaling.get("truncate", True)),
+    }
+    if scaling.get("mscale") and scaling.get("mscale_all_dim"):
+        fields.update(yarn_mscale=float(scaling["mscale"]),
+                      yarn_mscale_all_dim=float(scaling["mscale_all_dim"]))
+    if scaling.get("attention_factor") is not None:
+        derived = _yarn_attention_factor({k: v for k, v in scaling.items()
+                                          if k != "attention_factor"})
+        if float(scaling["attention_factor"]) != derived:
+            raise ValueError(
+                f"--layout bridge: YaRN attention_factor {scaling['attention_factor']!r}: "
+                "Megatron-Core's YaRN derives the attention factor from factor, mscale and "
+                f"mscale_all_dim ({derived!r} here) and takes no other; Bridge would load the "
+                "weights with another attention scale. Use --layout megatron")
+    return fields
+
+
 
 
 def provider_fields(args: ModelArgs) -> dict:
@@ -194,10 +291,12 @@ def provider_fields(args: ModelArgs) -> dict:
         rope.update(rope_scaling=True, rope_scaling_factor=float(scaling["factor"]))
     elif kind == "linear":
         rope["seq_len_interpolation_factor"] = float(scaling["factor"])
+    elif kind == "yarn":
+        rope.update(_yarn_fields(scaling))
     elif kind is not None:
         raise ValueError(
             f"--layout bridge: RoPE {kind!r} ({scaling}) has no Megatron-Bridge GPTModelProvider "
-            "equivalent (it has plain, LLaMA 3.1 with Megatron's constants, and linear); "
+            "equivalent (it has plain, LLaMA 3.1 with Megatron's constants, linear and YaRN); "
             "Bridge would load the weights with another RoPE. Use --layout megatron")
     dtype = {ours: theirs for theirs, ours in _DTYPES.items()}[args.torch_dtype]
     return {
@@ -210,7 +309,8 @@ def provider_fields(args: ModelArgs) -> dict:
         "make_vocab_size_divisible_by": 1, "seq_length": args.max_position_embeddings,
         "normalization": "RMSNorm", "gated_linear_unit": True,
         "activation_func": {"_target_": "torch.nn.functional.silu", "_call_": False},
-        "add_bias_linear": False, "add_qkv_bias": args.qkv_bias,
+        "add_bias_linear": False,
+        **families.get(args.family).megatron_config(),  # add_qkv_bias, qk_layernorm
         "position_embedding_type": "rope", "rotary_percent": 1.0,
         "rotary_base": float(args.rope_theta), "rotary_interleaved": args.rotary_interleaved,
         **rope,

@@ -14,32 +14,13 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+from pose_megatron import families
 from pose_megatron.config import ModelArgs
 
-ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-}
-_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                "qwen2": "Qwen2ForCausalLM"}
 # Rope types HF computes under the same name as the plugin.
 HF_NATIVE_ROPE = ("linear", "dynamic", "yarn", "llama3", "longrope")
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
            "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-def _family(cfg: dict, source: str) -> str:
-    archs = cfg.get("architectures") or []
-    for arch in archs:
-        if arch in ARCHITECTURES:
-            return ARCHITECTURES[arch]
-    if not archs and cfg.get("model_type") in _MODEL_TYPES:
-        return cfg["model_type"]
-    raise ValueError(
-        f"{source}: unknown architecture {archs or cfg.get('model_type')!r}; supported: "
-        f"{sorted(ARCHITECTURES)} (LLaMA 1/2/3/3.1, Mistral, Qwen2 and configs shaped like them)"
-    )
 
 
 def read_rope(cfg: dict, source: str = "config.json") -> Tuple[float, Optional[dict]]:
@@ -74,24 +55,24 @@ def read_rope(cfg: dict, source: str = "config.json") -> Tuple[float, Optional[d
 
 
 def args_from_hf_config(cfg: dict, source: str = "config.json") -> ModelArgs:
-    family = _family(cfg, source)
+    family = families.from_hf_config(cfg, source)
     if cfg.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (only silu)")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise ValueError(
             f"{source}: attention_bias/mlp_bias (biases on o_proj or the MLP) are not supported; "
-            "only Qwen2-style q/k/v biases are"
+            "only Qwen2-style q/k/v biases are (families: pose_megatron/families.py)"
         )
     if float(cfg.get("partial_rotary_factor", 1.0)) != 1.0:
         raise ValueError(f"{source}: partial_rotary_factor != 1 is not supported")
     theta, scaling = read_rope(cfg, source)
     heads = int(cfg["num_attention_heads"])
-    sliding = cfg.get("sliding_window")
-    if family == "qwen2" and not cfg.get("use_sliding_window", False):
+    sliding = cfg.get("sliding_window") if family.sliding_window != "none" else None
+    if family.sliding_window == "use_sliding_window" and not cfg.get("use_sliding_window", False):
         sliding = None
     dtype = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
     return ModelArgs(
-        family=family,
+        family=family.name,
         vocab_size=int(cfg["vocab_size"]),
         hidden_size=int(cfg["hidden_size"]),
         intermediate_size=int(cfg["intermediate_size"]),
@@ -100,7 +81,6 @@ def args_from_hf_config(cfg: dict, source: str = "config.json") -> ModelArgs:
         num_query_groups=int(cfg.get("num_key_value_heads") or heads),
         head_dim=int(cfg["head_dim"]) if cfg.get("head_dim") else None,
         norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        qkv_bias=family == "qwen2",
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
         rope_theta=theta,
@@ -221,9 +201,10 @@ def exported_window(args: ModelArgs, scaling: Optional[dict]) -> int:
 def hf_config_from_args(args: ModelArgs, dtype: Optional[str] = None,
                         source: str = "the model's RoPE") -> dict:
     theta, scaling = export_rope(args, source)
+    family = families.get(args.family)
     cfg = {
-        "architectures": [_MODEL_TYPES[args.family]],
-        "model_type": args.family,
+        "architectures": [family.architecture],
+        "model_type": family.model_type,
         "vocab_size": args.vocab_size,
         "hidden_size": args.hidden_size,
         "intermediate_size": args.intermediate_size,
@@ -247,11 +228,11 @@ def hf_config_from_args(args: ModelArgs, dtype: Optional[str] = None,
         "rope_scaling": scaling,
         "rope_parameters": {"rope_theta": theta, **(scaling or {"rope_type": "default"})},
     }
-    if args.family == "llama":
-        cfg.update(attention_bias=False, mlp_bias=False)
-    if args.family in ("mistral", "qwen2"):
+    cfg.update(family.hf_extra)
+    if family.sliding_window != "none":
         cfg["sliding_window"] = args.sliding_window
-    if args.family == "qwen2":
+    if family.sliding_window == "use_sliding_window":
+        # every layer full attention, as trained (a window is recorded, not applied)
         cfg["use_sliding_window"] = args.sliding_window is not None
         cfg["max_window_layers"] = args.num_layers
     return cfg

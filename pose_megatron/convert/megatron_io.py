@@ -357,7 +357,8 @@ def stock_model(args: ModelArgs, dtype: torch.dtype, *, pre_process=True, post_p
         args, use_cpu_initialization=True, perform_initialization=False, params_dtype=dtype,
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
     return GPTModel(
-        config, get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=False),
+        config, get_gpt_layer_local_spec(normalization="RMSNorm",
+                                         qk_layernorm=config.qk_layernorm),
         vocab_size=args.vocab_size, max_sequence_length=args.max_position,
         pre_process=pre_process, post_process=post_process,
         position_embedding_type="rope", rotary_base=args.rope_theta,
@@ -608,7 +609,8 @@ def checkpoint_model_args(ckpt_dir: str, path: str, fmt: str) -> ModelArgs:
                  else None)
     if bridge.has_run_config(path):  # Megatron-Bridge: the model is its run_config.yaml's
         saved = bridge.model_args_from_run_config(path)
-        diffs = disagreements(described, saved) if described is not None else []
+        diffs = (disagreements(bridge.as_read_back(described), saved)
+                 if described is not None else [])
         if diffs:
             raise ValueError(
                 f"{ckpt_dir}: its {CONFIG_FILENAME} disagrees with "

@@ -74,7 +74,7 @@ MODEL_FLAGS = (
     "--max-position-embeddings", "--position-embedding-type", "--no-position-embedding",
     "--rotary-base", "--rotary-percent", "--rotary-interleaved", "--use-rope-scaling",
     "--rope-scaling-factor", "--rotary-seq-len-interpolation-factor", "--disable-bias-linear",
-    "--add-qkv-bias", "--squared-relu", "--swiglu", "--untie-embeddings-and-output-weights",
+    "--add-qkv-bias", "--qk-layernorm", "--qk-l2-norm", "--squared-relu", "--swiglu", "--untie-embeddings-and-output-weights",
     "--apply-layernorm-1p", "--normalization", "--norm-epsilon", "--init-method-std",
     "--num-experts", "--make-vocab-size-divisible-by", "--bf16", "--fp16",
 )
@@ -178,6 +178,7 @@ def megatron_lm_args(args: ModelArgs, *, fmt: str, tp: int = 1, pp: int = 1,
         "--rotary-seq-len-interpolation-factor": (
             int(factor) if kind == "linear" and factor.is_integer() else None),
         "--disable-bias-linear": False, "--add-qkv-bias": args.qkv_bias,
+        "--qk-layernorm": args.qk_layernorm, "--qk-l2-norm": False,
         "--squared-relu": False, "--swiglu": True,
         "--untie-embeddings-and-output-weights": not args.tie_word_embeddings,
         "--apply-layernorm-1p": False, "--normalization": "RMSNorm",
@@ -255,6 +256,7 @@ def model_args_from_megatron_lm(ns, *, dtype: Optional[str] = None) -> ModelArgs
     _require(ns, "--disable-bias-linear", False, "linear biases")
     _require(ns, "--rotary-percent", 1.0, "RoPE fraction")
     _require(ns, "--apply-layernorm-1p", False, "norm weights (zero-centred gamma)")
+    _require(ns, "--qk-l2-norm", False, "query/key normalisation")
     experts = read_flag(ns, "--num-experts", "number of experts")
     if experts:
         raise ValueError(f"the checkpoint is a mixture of experts (num_experts={experts}); "
@@ -274,8 +276,14 @@ def model_args_from_megatron_lm(ns, *, dtype: Optional[str] = None) -> ModelArgs
     if dtype is None:
         dtype = "bfloat16" if read_flag(ns, "--bf16", "dtype") else (
             "float16" if read_flag(ns, "--fp16", "dtype") else "float32")
+    from pose_megatron import families
+
+    family = families.family_from_megatron(
+        {megatron_lm_dest(flag): read_flag(ns, flag, what) for flag, what in
+         (("--add-qkv-bias", "QKV bias"), ("--qk-layernorm", "query/key norm"))},
+        "the checkpoint's Megatron-LM args")
     return ModelArgs(
-        family="qwen2" if read_flag(ns, "--add-qkv-bias", "QKV bias") else "llama",
+        family=family.name,
         vocab_size=int(vocab), hidden_size=hidden,
         intermediate_size=int(read_flag(ns, "--ffn-hidden-size", "FFN size")),
         num_layers=_blocks(ns),
@@ -283,7 +291,6 @@ def model_args_from_megatron_lm(ns, *, dtype: Optional[str] = None) -> ModelArgs
         # None: Megatron-LM's validate_args sets hidden / heads, as here
         head_dim=read_flag(ns, "--kv-channels", "head dimension") or hidden // heads,
         norm_eps=float(read_flag(ns, "--norm-epsilon", "norm epsilon")),
-        qkv_bias=bool(read_flag(ns, "--add-qkv-bias", "QKV bias")),
         tie_word_embeddings=not read_flag(ns, "--untie-embeddings-and-output-weights",
                                           "embedding tying"),
         max_position_embeddings=int(window), rope_theta=theta, rope_scaling=scaling,
@@ -296,6 +303,7 @@ def model_args_from_megatron_lm(ns, *, dtype: Optional[str] = None) -> ModelArgs
 # Fields whose disagreement means a different model or a different RoPE.
 _COMPARED = ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
              "num_attention_heads", "num_query_groups", "head_dim", "norm_eps", "qkv_bias",
+             "qk_layernorm",
              "tie_word_embeddings", "rope_theta", "rope_scaling", "rotary_interleaved")
 
 

@@ -25,18 +25,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from pose_megatron import families
 from pose_megatron.config import ModelArgs
 
-# Megatron names of the per-layer tensors, local-spec spelling, relative to decoder.layers.N.
-LAYER_TENSORS = (
-    "input_layernorm.weight",
-    "self_attention.linear_qkv.weight",
-    "self_attention.linear_qkv.bias",
-    "self_attention.linear_proj.weight",
-    "pre_mlp_layernorm.weight",
-    "mlp.linear_fc1.weight",
-    "mlp.linear_fc2.weight",
-)
 # The TE spec fuses the norms into the following linear layer.
 TE_NORM_NAMES = {
     "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
@@ -60,82 +51,45 @@ _LAYER_RE = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
 
 def layer_tensor_names(args: ModelArgs) -> Tuple[str, ...]:
-    names = LAYER_TENSORS
-    if not args.qkv_bias:
-        names = tuple(n for n in names if n != "self_attention.linear_qkv.bias")
-    return names
+    return families.get(args.family).layer_tensor_names
+
+
+def _tensor_table(args: ModelArgs) -> List[Tuple[str, Tuple[Tuple[str, str], ...]]]:
+    """(global Megatron name, ((HF name, shape), ...)) of every tensor, in HF file order: the
+    family's table (pose_megatron.families) with layer numbers filled in."""
+    rows = [families.EMBEDDING]
+    for layer in range(args.num_layers):
+        rows += [(f"decoder.layers.{layer}.{name}",
+                  tuple((f"model.layers.{layer}.{hf}", shape) for hf, shape in sources))
+                 for name, sources in families.get(args.family).layer]
+    rows.append(families.FINAL_NORM)
+    if not args.tie_word_embeddings:
+        rows.append(families.OUTPUT_LAYER)
+    return rows
 
 
 def megatron_names(args: ModelArgs) -> List[str]:
     """Every global Megatron tensor name of the model, in HF file order (embeddings first)."""
-    names = ["embedding.word_embeddings.weight"]
-    for layer in range(args.num_layers):
-        names += [f"decoder.layers.{layer}.{n}" for n in layer_tensor_names(args)]
-    names.append("decoder.final_layernorm.weight")
-    if not args.tie_word_embeddings:
-        names.append("output_layer.weight")
-    return names
+    return [name for name, _ in _tensor_table(args)]
 
 
-def hf_sources(name: str) -> Tuple[str, ...]:
-    """The HF tensor names a global Megatron tensor is made of."""
-    if name == "embedding.word_embeddings.weight":
-        return ("model.embed_tokens.weight",)
-    if name == "decoder.final_layernorm.weight":
-        return ("model.norm.weight",)
-    if name == "output_layer.weight":
-        return ("lm_head.weight",)
+def hf_sources(name: str, args: ModelArgs) -> Tuple[str, ...]:
+    """The HF tensor names a global Megatron tensor is made of (in order)."""
+    if name == families.OUTPUT_LAYER[0]:  # also asked for tied models (a PP>1 last stage)
+        return tuple(hf for hf, _ in families.OUTPUT_LAYER[1])
     match = _LAYER_RE.match(name)
-    if not match:
-        raise KeyError(f"no HF counterpart for Megatron tensor {name!r}")
-    layer, rest = match.groups()
-    p = f"model.layers.{layer}."
-    table = {
-        "input_layernorm.weight": ("input_layernorm.weight",),
-        "self_attention.linear_qkv.weight": (
-            "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-        "self_attention.linear_qkv.bias": (
-            "self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
-        "self_attention.linear_proj.weight": ("self_attn.o_proj.weight",),
-        "pre_mlp_layernorm.weight": ("post_attention_layernorm.weight",),
-        "mlp.linear_fc1.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-        "mlp.linear_fc2.weight": ("mlp.down_proj.weight",),
-    }
+    rest, prefix = (match.group(2), f"model.layers.{match.group(1)}.") if match else (name, "")
+    table = dict(families.get(args.family).layer) if match else dict(
+        (families.EMBEDDING, families.FINAL_NORM))
     if rest not in table:
-        raise KeyError(f"no HF counterpart for Megatron tensor {name!r}")
-    return tuple(p + s for s in table[rest])
+        raise KeyError(f"no HF counterpart for Megatron tensor {name!r} in family {args.family!r}")
+    return tuple(prefix + hf for hf, _ in table[rest])
 
 
 def hf_shapes(args: ModelArgs) -> Dict[str, Tuple[int, ...]]:
     """The shape each HF tensor must have for ``args`` (used to name mismatches clearly)."""
-    h, d = args.hidden_size, args.head_dim
-    q, kv = args.num_attention_heads * d, args.num_query_groups * d
-    shapes = {
-        "model.embed_tokens.weight": (args.vocab_size, h),
-        "model.norm.weight": (h,),
-    }
-    if not args.tie_word_embeddings:
-        shapes["lm_head.weight"] = (args.vocab_size, h)
-    for i in range(args.num_layers):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (h,),
-            p + "post_attention_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (q, h),
-            p + "self_attn.k_proj.weight": (kv, h),
-            p + "self_attn.v_proj.weight": (kv, h),
-            p + "self_attn.o_proj.weight": (h, q),
-            p + "mlp.gate_proj.weight": (args.intermediate_size, h),
-            p + "mlp.up_proj.weight": (args.intermediate_size, h),
-            p + "mlp.down_proj.weight": (h, args.intermediate_size),
-        })
-        if args.qkv_bias:
-            shapes.update({
-                p + "self_attn.q_proj.bias": (q,),
-                p + "self_attn.k_proj.bias": (kv,),
-                p + "self_attn.v_proj.bias": (kv,),
-            })
-    return shapes
+    return {hf: families.shape(spec, args)
+            for _, sources in _tensor_table(args) for hf, spec in sources}
 
 
 def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: ModelArgs) -> torch.Tensor:
@@ -159,7 +113,7 @@ def split_qkv(qkv: torch.Tensor, args: ModelArgs) -> Tuple[torch.Tensor, torch.T
 
 
 def hf_to_global(name: str, hf: List[torch.Tensor], args: ModelArgs) -> torch.Tensor:
-    """Build the global Megatron tensor ``name`` from its HF sources (``hf_sources(name)``)."""
+    """Build the global Megatron tensor ``name`` from its HF sources (``hf_sources(name, args)``)."""
     if name.endswith("linear_qkv.weight") or name.endswith("linear_qkv.bias"):
         return fuse_qkv(*hf, args)
     if name.endswith("linear_fc1.weight"):

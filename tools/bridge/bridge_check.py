@@ -5,7 +5,7 @@ Runs in the Bridge environment (.venv-bridge, see tools/bridge/setup_bridge_env.
 PYTHONPATH at the repository root (for pose_megatron.cpu_shims, the project's CPU redirects of
 Megatron-Core's CUDA-only calls). Every step is Bridge's own code, on the CPU:
 
-  make-hf       a tiny random LLaMA in HF format (transformers), with a tiny tokenizer
+  make-hf       a tiny random LLaMA (or Qwen3 with YaRN) in HF format, with a tiny tokenizer
   import        HF -> Megatron with Bridge: AutoBridge.import_ckpt's steps, CPU settings
   load          Bridge's loader (AutoBridge.load_megatron_model) on a Megatron checkpoint; the
                 loaded model's logits against the HF model's
@@ -82,14 +82,25 @@ def cmd_make_hf(opts) -> None:
                   "</s>": opts.vocab_size - 1})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    config = LlamaConfig(
+    shape = dict(
         vocab_size=opts.vocab_size, hidden_size=opts.hidden_size,
         intermediate_size=4 * opts.hidden_size, num_hidden_layers=opts.layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-        bos_token_id=opts.vocab_size - 2, eos_token_id=opts.vocab_size - 1)
+        rms_norm_eps=1e-5, bos_token_id=opts.vocab_size - 2, eos_token_id=opts.vocab_size - 1)
+    if opts.family == "qwen3":  # QK norm, head_dim != hidden/heads, tied, YaRN as its configs
+        from transformers import Qwen3Config as Config, Qwen3ForCausalLM as Model
+
+        config = Config(**shape, head_dim=opts.hidden_size // 4 + 8, tie_word_embeddings=True,
+                        # HF's YaRN defaults spelled out: Bridge's own import copies only
+                        # the keys present, and Megatron fills none of them
+                        rope_parameters={"rope_type": "yarn", "rope_theta": 1000000.0,
+                                         "factor": 4.0, "original_max_position_embeddings": 64,
+                                         "beta_fast": 32.0, "beta_slow": 1.0, "truncate": True})
+    else:
+        Config, Model = LlamaConfig, LlamaForCausalLM
+        config = Config(**shape, rope_theta=10000.0, tie_word_embeddings=False)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = Model(config)
     with torch.no_grad():  # norms away from 1 so a dropped or swapped norm shows in the logits
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -185,6 +196,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("make-hf")
     s.add_argument("--out", required=True)
+    s.add_argument("--family", choices=("llama", "qwen3"), default="llama",
+                   help="llama (plain RoPE, untied) or qwen3 (QK norm, head_dim 24, tied, YaRN x4)")
     s.add_argument("--vocab-size", type=int, default=512)
     s.add_argument("--hidden-size", type=int, default=64)
     s.add_argument("--layers", type=int, default=2)
