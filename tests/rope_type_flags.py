@@ -2,9 +2,10 @@
 
 One table for the two places that train every type: tests/test_rope_types_cli.py (through
 ``python -m pose_megatron.train``) and tools/check_megatron_lm.sh (through Megatron-LM's patched
-``pretrain_gpt.py``). The LongRoPE lists have 8 entries: head dim 16 (hidden 64, 4 heads) / 2.
+``pretrain_gpt.py``). The LongRoPE lists have head dim / 2 entries: 8 for head dim 16 (hidden 64,
+4 heads, the default), ramps of the same range for another head dim.
 
-  python -m tests.rope_type_flags TYPE   prints TYPE's flags, one per line
+  python -m tests.rope_type_flags TYPE [HEAD_DIM]   prints TYPE's flags, one per line
 """
 
 import sys
@@ -23,7 +24,21 @@ ROPE_FLAGS = {
     "longrope": _LONGROPE,
 }
 
+
+
+def rope_flags(kind: str, head_dim: int = 16) -> list:
+    """``kind``'s flags for a model of ``head_dim`` (only LongRoPE's lists depend on it)."""
+    if kind != "longrope" or head_dim == 16:
+        return ROPE_FLAGS[kind]
+    n = head_dim // 2
+    ramp = [round(1 + 3 * i / (n - 1), 3) for i in range(n)]  # 1 .. 4, as the 16-dim lists
+    return ["--rope-short-factor", *map(str, ramp),
+            "--rope-long-factor", *map(str, [round(1 + 0.15 * i / (n - 1) + 0.85 * r - 0.85, 3)
+                                             for i, r in enumerate(ramp)])]
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in ROPE_FLAGS:
-        sys.exit(f"usage: python -m tests.rope_type_flags {{{','.join(ROPE_FLAGS)}}}")
-    sys.stdout.write("".join(flag + "\n" for flag in ROPE_FLAGS[sys.argv[1]]))
+    if len(sys.argv) not in (2, 3) or sys.argv[1] not in ROPE_FLAGS:
+        sys.exit(f"usage: python -m tests.rope_type_flags {{{','.join(ROPE_FLAGS)}}} [HEAD_DIM]")
+    head_dim = int(sys.argv[2]) if len(sys.argv) == 3 else 16
+    sys.stdout.write("".join(flag + "\n" for flag in rope_flags(sys.argv[1], head_dim)))

@@ -209,7 +209,7 @@ ALL_TYPES="none linear ntk dynamic yarn yarn_pose llama3 longrope"
 [ "${HYBRID_ONLY:-0}" = 1 ] && ALL_TYPES=linear  # step 6 starts from the linear checkpoint
 [ "${QWEN3_ONLY:-0}" = 1 ] && ALL_TYPES=
 for KIND in ${ROPE_TYPES:-$ALL_TYPES}; do
-  mapfile -t EXTRA < <(cd "$ROOT" && "$PY" -m tests.rope_type_flags "$KIND")
+  mapfile -t EXTRA < <(cd "$ROOT" && "$PY" -m tests.rope_type_flags "$KIND" 24)  # --kv-channels 24
   # plain RoPE has no extended window: the model's own window is the target
   WINDOW=(); [ "$KIND" = none ] && WINDOW=(--max-position-embeddings 512)
   KPOSE=(--pose-target-len 512 --rope-scaling-type "$KIND" "${EXTRA[@]}")
