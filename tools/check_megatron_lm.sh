@@ -53,6 +53,9 @@ case "$MINOR" in
      exit 2 ;;
 esac
 PY=${PYTHON:-$DEFAULT_PY}
+# --vocab-size that gives NullTokenizer 2000 rows (the tiny HF model's): core_v0.16's legacy
+# NullTokenizer adds its end-of-document token beyond --vocab-size, core_v0.19's counts it within.
+NULL_VOCAB_2000=$([ "$MINOR" = 16 ] && echo 1999 || echo 2000)
 PATCH=$ROOT/examples/megatron_lm/pretrain_gpt_$TAG.patch
 mkdir -p "$WORK"
 echo "== $TAG: work in $WORK, python $PY"
@@ -174,8 +177,7 @@ TINY=(--num-layers 2 --hidden-size 64 --ffn-hidden-size 96 --num-attention-heads
   --max-position-embeddings 64 --position-embedding-type rope --rotary-base 50000
   --rotary-percent 1.0 --normalization RMSNorm --norm-epsilon "$EPS" --swiglu
   --disable-bias-linear --untie-embeddings-and-output-weights --attention-dropout 0.0
-  --hidden-dropout 0.0 --make-vocab-size-divisible-by 1 --vocab-size 1999)
-# (NullTokenizer's vocabulary is --vocab-size plus its end-of-document token: 2000 rows, as HF)
+  --hidden-dropout 0.0 --make-vocab-size-divisible-by 1 --vocab-size "$NULL_VOCAB_2000")
 load_converted() {  # LABEL CHECKPOINT ARGS...
   local label=$1 ckpt=$2
   shift 2
