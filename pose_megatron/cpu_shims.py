@@ -145,13 +145,3 @@ def redirected():
     finally:
         if not was:
             uninstall()
-
-
-@contextlib.contextmanager
-def maybe_installed(device: str):
-    """The redirects while the block runs when ``device`` is the CPU; a no-op on CUDA."""
-    if device != "cpu":
-        yield
-        return
-    with redirected():
-        yield

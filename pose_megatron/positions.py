@@ -188,11 +188,6 @@ def default_max_doc_len(train_len: int, target_len: int, scheme: str) -> int:
 # Generation
 
 
-def fill_backend() -> str:
-    """Which implementation fills position arrays: "C++ (pose_megatron._positions)" or "NumPy"."""
-    return "C++ (pose_megatron._positions)" if _native is not None else "NumPy"
-
-
 def _fill_per_chunk(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """[B, L] array holding ``values[b, i]`` over the ``lengths[b, i]`` tokens of chunk i."""
     batch = values.shape[0]
