@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -529,40 +529,39 @@ class DistReader:
         # a job loading whole tensors across its ranks.
         return load_sharded(request, self.path, validate_access_integrity=group is None)
 
-    def _get_hybrid_layer(self, layer: int, rest: str) -> torch.Tensor:
-        at = 2 * layer + (0 if rest.startswith(_ATTENTION_PARTS) else 1)
-        for key in (f"decoder.layers.{at}.{weights.TE_NORM_NAMES.get(rest, rest)}",
-                    f"decoder.layers.{at}.{rest}"):
-            if key in self._stacked:
-                group = layer // self._per_group
-                if group != self._group:
-                    self._group_tensors = {}  # drop the last group before reading the next
-                    first, end = 2 * group * self._per_group, 2 * (group + 1) * self._per_group
-                    self._group_tensors = self._load(sorted(
-                        k for k in self._stacked
-                        if first <= int(_LAYER_KEY.match(k).group(1)) < end))
-                    self._group = group
-                return self._group_tensors[key]
-        raise KeyError(f"tensor decoder.layers.{layer}.{rest!r} not found in the distributed "
-                       f"checkpoint (hybrid layer {at})")
+    def _layer_group(self, layer: int) -> Tuple[int, Dict[str, torch.Tensor]]:
+        """(group, its tensors) of ``layer``; the previous group is dropped before a new one is
+        read, so only one is held."""
+        group = layer // self._per_group
+        if group != self._group:
+            self._group_tensors = {}  # drop the last group before reading the next
+            if self.hybrid_pattern is None:  # that group's slice of every stacked tensor
+                self._group_tensors = self._load(sorted(self._stacked), group)
+            else:  # the group's numbered hybrid layers, two per block
+                first, end = 2 * group * self._per_group, 2 * (group + 1) * self._per_group
+                self._group_tensors = self._load(sorted(
+                    k for k in self._stacked if first <= int(_LAYER_KEY.match(k).group(1)) < end))
+            self._group = group
+        return group, self._group_tensors
 
     def get(self, name: str) -> torch.Tensor:
         m = _LAYER_KEY.match(name)
-        if m and self.hybrid_pattern is not None:
-            return self._get_hybrid_layer(int(m.group(1)), m.group(2))
-        if self.hybrid_pattern is not None and name == "decoder.final_layernorm.weight":
+        hybrid = self.hybrid_pattern is not None
+        if hybrid and name == "decoder.final_layernorm.weight":
             name = "decoder.final_norm.weight"
         if m:
             layer, rest = int(m.group(1)), m.group(2)
-            for key in (f"decoder.layers.{weights.TE_NORM_NAMES.get(rest, rest)}",
-                        f"decoder.layers.{rest}"):
+            # a hybrid block's attention is layer 2i, its MLP layer 2i+1
+            at = 2 * layer + (0 if rest.startswith(_ATTENTION_PARTS) else 1)
+            prefix = f"decoder.layers.{at}." if hybrid else "decoder.layers."
+            for key in (prefix + weights.TE_NORM_NAMES.get(rest, rest), prefix + rest):
                 if key in self._stacked:
-                    group = layer // self._per_group
-                    if group != self._group:
-                        self._group_tensors = {}  # drop the last group before reading the next
-                        self._group_tensors = self._load(sorted(self._stacked), group)
-                        self._group = group
-                    return self._group_tensors[key][layer - group * self._per_group]
+                    group, tensors = self._layer_group(layer)
+                    return tensors[key] if hybrid else \
+                        tensors[key][layer - group * self._per_group]
+            if hybrid:
+                raise KeyError(f"tensor decoder.layers.{layer}.{rest!r} not found in the "
+                               f"distributed checkpoint (hybrid layer {at})")
         if self._rest is None:
             self._rest = self._load([k for k in self._meta if k not in self._stacked])
         if name in self._rest:
