@@ -72,7 +72,8 @@ def training(logs: str, arm: str) -> str:
     for line in open(log):  # a step redone after a kill: its last record counts
         rec = json.loads(line)
         steps[rec["iteration"]] = rec["step_time_s"]
-    rss = [json.loads(line)["max_rss_kb"] for line in open(timing)] if os.path.exists(timing) else []
+    rss = ([json.loads(line)["max_rss_kb"] for line in open(timing)]
+           if os.path.exists(timing) else [])
     peak = f", {max(rss) / 2**20:.1f} GiB peak RSS" if rss else ""
     return f"{len(steps)} steps, {sum(steps.values()) / 60:.0f} min of steps{peak}"
 
@@ -148,7 +149,8 @@ def main(argv=None) -> int:
     if opts.logs:
         lines += ["**Training** (window 2048, global batch 1, lr 2e-5, 10 warm-up steps)", "",
                   "| arm | training |", "|---|---|"]
-        lines += [f"| {arm} | {training(opts.logs, arm)} |" for arm in ("pose_yarn", "control_yarn")]
+        lines += [f"| {arm} | {training(opts.logs, arm)} |"
+                  for arm in ("pose_yarn", "control_yarn")]
     print("\n".join(lines))
     plot(cells, opts.plot or os.path.join(opts.results, "real_model.png"))
     return 0

@@ -38,8 +38,8 @@ MEGATRON_LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
                         "original_max_position_embeddings": 8192}
 CKPT_FORMATS = {"torch_dist": "torch_dist", "legacy": "torch"}
 
-# Flags Megatron-LM's arguments.py defines by hand (not generated from TransformerConfig), with
-# their dest and parser default where either is not the flag's own spelling / None.
+# Flags Megatron-LM's arguments.py defines by hand (not generated from TransformerConfig): their
+# dest and parser default (tools/megatron_lm/check_dests.py compares them with the real parser).
 _HAND_WRITTEN = {
     "--no-position-embedding": ("add_position_embedding", True),
     "--group-query-attention": ("group_query_attention", False),
@@ -74,8 +74,9 @@ MODEL_FLAGS = (
     "--max-position-embeddings", "--position-embedding-type", "--no-position-embedding",
     "--rotary-base", "--rotary-percent", "--rotary-interleaved", "--use-rope-scaling",
     "--rope-scaling-factor", "--rotary-seq-len-interpolation-factor", "--disable-bias-linear",
-    "--add-qkv-bias", "--qk-layernorm", "--qk-l2-norm", "--squared-relu", "--swiglu", "--untie-embeddings-and-output-weights",
-    "--apply-layernorm-1p", "--normalization", "--norm-epsilon", "--init-method-std",
+    "--add-qkv-bias", "--qk-layernorm", "--qk-l2-norm", "--squared-relu", "--swiglu",
+    "--untie-embeddings-and-output-weights", "--apply-layernorm-1p", "--normalization",
+    "--norm-epsilon", "--init-method-std",
     "--num-experts", "--make-vocab-size-divisible-by", "--bf16", "--fp16",
 )
 
