@@ -18,7 +18,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from pose_megatron import cli
+from pose_megatron import errors
 
 
 def _failure_line(err) -> tuple:
@@ -27,7 +27,7 @@ def _failure_line(err) -> tuple:
     data = failure.error_file_data or {}
     recorded = data.get("message") if isinstance(data.get("message"), str) else None
     if recorded and recorded != "<NONE>":
-        return (None if rank == 0 else f"error: rank {rank}: {recorded}"), cli.EXIT_ERROR
+        return (None if rank == 0 else f"error: rank {rank}: {recorded}"), errors.EXIT_ERROR
     if failure.exitcode < 0:
         how = f"was killed by {failure.signal_name()}"
         status = 128 - failure.exitcode
@@ -44,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = cli.debug_requested(argv)
+    debug = errors.debug_requested(argv)
     if not debug:
         # the agent's "Sending process N closing signal SIGTERM" / "failed (exitcode: 2)" lines
         logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
@@ -62,4 +62,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    errors.run(main)

@@ -38,8 +38,8 @@ A logger name:
 
 ``megatron.core.dist_checkpointing.strategies.filesystem_async`` (``CHECKPOINT_WRITER_LOGGER``)
     Its writer logs a failed write ("Local process 0 encountered an error: ...") and then raises
-    the same error, which ``cli.run`` turns into the one ``error:`` line (a full disk names the
-    output and the disk); ``cli.run`` quiets this logger unless ``--debug``. A renamed module
+    the same error, which ``errors.run`` turns into the one ``error:`` line (a full disk names the
+    output and the disk); ``errors.run`` quiets this logger unless ``--debug``. A renamed module
     only brings the extra line back, so no version check guards it.
 
 Hybrid models (megatron-core 0.19+; ``pose_megatron.model`` builds them with ``model_class="hybrid"``):

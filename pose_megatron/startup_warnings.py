@@ -1,6 +1,6 @@
 """The start-up warnings a user cannot act on, silenced in one place for every tool.
 
-``UNACTIONABLE_WARNINGS`` says which and why; ``cli.run`` (every tool) and the training entry
+``UNACTIONABLE_WARNINGS`` says which and why; ``errors.run`` (every tool) and the training entry
 apply the filter before Megatron-Core's first import emits them. The implementation path they
 would announce is named once instead: in training's settings line, and in the GPU check.
 """

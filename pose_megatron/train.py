@@ -2,7 +2,7 @@
 
 ``main(argv)`` runs a whole training job and returns rank 0's per-step metrics, so scripts (the
 README's one-command demo, tests) can call it in-process; its errors are exceptions. Run as a
-command, expected failures end in one ``error:`` line (``pose_megatron.cli``).
+command, expected failures end in one ``error:`` line (``pose_megatron.errors``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,6 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
-    from pose_megatron import cli
+    from pose_megatron import errors
 
-    cli.run(main)
+    errors.run(main)

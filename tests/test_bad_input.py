@@ -1,7 +1,7 @@
 """Bad input, faults and misuse: each case ends in a correct result or in one ``error:`` line naming
 the file or flag (exit status 2, no traceback), and no earlier good output is lost.
 
-Data-loss cases first. Most cases run the tools' ``main`` in-process through ``cli.run`` (the
+Data-loss cases first. Most cases run the tools' ``main`` in-process through ``errors.run`` (the
 same code path as the command line, without a process start-up each); a few run the real
 commands as subprocesses to pin the entry points themselves.
 """
@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from pose_megatron import cli, publish
+from pose_megatron import errors, publish
 from tests.distributed import child_env
 from tests.test_convert_fixtures import make_hf_model, save_hf_model
 
@@ -52,7 +52,7 @@ def _one_error_line(err: str) -> str:
 def _run(tool_main, argv, capsys):
     """(exit status, the one error line or None) of a tool run in-process."""
     capsys.readouterr()
-    code = cli.run(tool_main, argv, exit=False)
+    code = errors.run(tool_main, argv, exit=False)
     err = capsys.readouterr().err
     return code, (_one_error_line(err) if code else None)
 
@@ -261,10 +261,10 @@ def test_debug_switch_shows_the_traceback(project, tmp_path, capsys, monkeypatch
     argv = ["--hf-dir", _broken_hf(project, tmp_path, "invalid config.json"), "--out",
             str(tmp_path / "out"), "--no-progress"]
     with pytest.raises(ValueError, match="config.json"):
-        cli.run(to_megatron.convert, argv + ["--debug"], exit=False)
-    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+        errors.run(to_megatron.convert, argv + ["--debug"], exit=False)
+    monkeypatch.setenv(errors.DEBUG_ENV, "1")
     with pytest.raises(ValueError, match="config.json"):
-        cli.run(to_megatron.convert, argv, exit=False)
+        errors.run(to_megatron.convert, argv, exit=False)
 
 
 # ----------------------------------------------------------------------------- the commands
@@ -314,7 +314,7 @@ def _training_cases(rank, world, root, converted, legacy):
     def run(name, argv):
         err, out = io.StringIO(), io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            code = cli.run(main, argv, exit=False)
+            code = errors.run(main, argv, exit=False)
         results.append((name, code, err.getvalue(), out.getvalue()))
 
     s1 = f"{root}/s1"

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from pose_megatron import cli
+from pose_megatron import errors
 from pose_megatron.convert import bridge, megatron_io
 from tests.distributed import run_distributed
 
@@ -48,7 +48,7 @@ def _hf_logits(hf_dir):
 
 def _run(tool_main, argv, capsys):
     capsys.readouterr()
-    code = cli.run(tool_main, argv, exit=False)
+    code = errors.run(tool_main, argv, exit=False)
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert "Traceback" not in err, err

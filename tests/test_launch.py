@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A worker that fails on one rank in the way asked (argv[1]); the other rank waits to be ended.
 WORKER = textwrap.dedent("""
     import os, signal, sys, time
-    from pose_megatron import cli
+    from pose_megatron import errors
 
     def main(argv):
         rank, how = int(os.environ["RANK"]), argv[0]
@@ -26,14 +26,14 @@ WORKER = textwrap.dedent("""
             time.sleep(60)
             return 0
         if how == "error":
-            raise cli.UsageError(f"--data-path /no/such: not found (rank {rank})")
+            raise errors.UsageError(f"--data-path /no/such: not found (rank {rank})")
         if how == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         if how == "exit":
             os._exit(7)
         return 0
 
-    cli.run(main)
+    errors.run(main)
 """)
 
 

@@ -80,7 +80,7 @@ def test_cpu_shims_uninstall_restores_torch_cuda_and_leaves_the_mode():
 
 
 def test_checkpoint_writer_logger_is_the_writers_own():
-    """cli.run quiets this logger; it must be the one the torch_dist writer logs its errors to."""
+    """errors.run quiets this logger; it must be the one the torch_dist writer logs its errors to."""
     import importlib
     import logging
 

@@ -20,12 +20,12 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     sys.modules["matplotlib"] = None  # as if not installed
     sys.path.insert(0, sys.argv[1])
-    from pose_megatron import cli, positions
+    from pose_megatron import errors, positions
     from tools import eval_passkey, eval_ruler
     runs = json.loads(sys.argv[2])
     tools = {"eval_ruler": eval_ruler.main, "eval_passkey": eval_passkey.main,
              "positions": positions.main}
-    print(json.dumps([cli.run(tools[name], argv, exit=False) for name, argv in runs]))
+    print(json.dumps([errors.run(tools[name], argv, exit=False) for name, argv in runs]))
 """)
 
 

@@ -66,11 +66,11 @@ def hf_dir():
 
 def test_import_gguf_errors(tmp_path, capsys):
     """Fast: the tool's expected failures are one line naming the flag."""
-    from pose_megatron import cli
+    from pose_megatron import errors
     from tools.import_gguf import main as tool_main
 
     def main(argv):
-        return cli.run(tool_main, argv, exit=False)
+        return errors.run(tool_main, argv, exit=False)
 
     bad = tmp_path / "x.gguf"
     bad.write_bytes(b"not a gguf file")

@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pose_megatron import cli  # noqa: E402
+from pose_megatron import errors  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "converters). For RoPE models the flag changes nothing else")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    cli.add_debug_argument(p)
+    errors.add_debug_argument(p)
     return p
 
 
@@ -81,8 +81,8 @@ def convert(argv) -> int:
 
 
 def main(argv=None) -> int:
-    """Convert; an expected failure prints one ``error:`` line and returns 2 (see cli)."""
-    return cli.run(convert, argv, exit=False)
+    """Convert; an expected failure prints one ``error:`` line and returns 2 (see pose_megatron.errors)."""
+    return errors.run(convert, argv, exit=False)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pose_megatron import cli  # noqa: E402
+from pose_megatron import errors  # noqa: E402
 
 
 def _size(text: str) -> int:
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer directory (or sentencepiece .model file) to copy (default: the checkpoint's tokenizer/)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    cli.add_debug_argument(p)
+    errors.add_debug_argument(p)
     return p
 
 
@@ -61,7 +61,7 @@ def convert(argv) -> int:
     try:
         max_shard = _size(opts.max_shard_size)
     except ValueError:
-        raise cli.UsageError(f"--max-shard-size {opts.max_shard_size!r}: expected e.g. 5GB or "
+        raise errors.UsageError(f"--max-shard-size {opts.max_shard_size!r}: expected e.g. 5GB or "
                              "500MB") from None
     from pose_megatron.convert import megatron_to_hf
 
@@ -75,8 +75,8 @@ def convert(argv) -> int:
 
 
 def main(argv=None) -> int:
-    """Convert; an expected failure prints one ``error:`` line and returns 2 (see cli)."""
-    return cli.run(convert, argv, exit=False)
+    """Convert; an expected failure prints one ``error:`` line and returns 2 (see pose_megatron.errors)."""
+    return errors.run(convert, argv, exit=False)
 
 
 if __name__ == "__main__":

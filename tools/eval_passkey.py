@@ -22,15 +22,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from tqdm import tqdm  # noqa: E402
 
-from pose_megatron.eval import cli  # noqa: E402
+from pose_megatron.eval import flags  # noqa: E402
 from pose_megatron.eval.passkey import evaluate_length  # noqa: E402
 
 TOOL = "eval_passkey"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.make_parser(__doc__)
-    cli.add_model_arguments(p)
+    p = flags.make_parser(__doc__)
+    flags.add_model_arguments(p)
     g = p.add_argument_group("protocol")
     g.add_argument("--lengths", nargs="+", default=[], metavar="L",
                    help="prompt lengths in tokens, BOS included (space or comma separated; "
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-task-line", action="store_true",
                    help="drop the instruction line that opens the prompt in the PoSE reference "
                         "code")
-    cli.add_output_arguments(p, "passkey")
+    flags.add_output_arguments(p, "passkey")
     return p
 
 
@@ -55,11 +55,11 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: --trials must be >= 1, got {args.trials}")
     if args.max_new_tokens < 1:
         raise SystemExit(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    lengths, marks, entries = cli.lengths_marks_and_earlier(args, TOOL)
+    lengths, marks, entries = flags.lengths_marks_and_earlier(args, TOOL)
 
     if args.model:
         try:
-            model = cli.model_from_args(args)
+            model = flags.model_from_args(args)
             bos = model.bos_id
         except (OSError, ValueError) as exc:
             raise SystemExit(f"error: {exc}") from None
@@ -80,13 +80,13 @@ def main(argv=None) -> int:
             print(f"{model.name} length {length}: {res.correct}/{res.trials} correct",
                   file=sys.stderr)
             results.append(res.to_dict())
-        entry = cli.model_entry(model)
+        entry = flags.model_entry(model)
         entry.update(seed=args.seed, trials=args.trials, max_new_tokens=args.max_new_tokens,
                      task_line=not args.no_task_line, seconds=round(time.time() - start, 2),
                      results=results)
         entries.append(entry)
 
-    cli.report(entries, args, marks, tool=TOOL, column="acc%",
+    flags.report(entries, args, marks, tool=TOOL, column="acc%",
                cell=lambda r: f"{100 * r['accuracy']:.1f}", value=lambda r: 100 * r["accuracy"],
                xlabel="prompt length (tokens)", ylabel="passkey accuracy (%)",
                title="Passkey retrieval", y_limits=(-3, 103))
@@ -94,6 +94,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from pose_megatron import cli as error_convention
+    from pose_megatron import errors
 
-    error_convention.run(main)
+    errors.run(main)

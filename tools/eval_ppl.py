@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from tqdm import tqdm  # noqa: E402
 
-from pose_megatron.eval import cli  # noqa: E402
+from pose_megatron.eval import flags  # noqa: E402
 from pose_megatron.eval.documents import load_documents  # noqa: E402
 from pose_megatron.eval.perplexity import perplexity  # noqa: E402
 
@@ -42,8 +42,8 @@ TOOL = "eval_ppl"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.make_parser(__doc__)
-    cli.add_model_arguments(p)
+    p = flags.make_parser(__doc__)
+    flags.add_model_arguments(p)
     g = p.add_argument_group("protocol")
     g.add_argument("--data", nargs="+", default=[], metavar="PATH",
                    help="evaluation documents: Megatron prefixes (PREFIX, PREFIX.bin or "
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip documents shorter than this (default: %(default)s)")
     g.add_argument("--max-doc-tokens", type=int, default=None,
                    help="truncate documents to this many tokens (default: no truncation)")
-    cli.add_output_arguments(p, "ppl")
+    flags.add_output_arguments(p, "ppl")
     return p
 
 
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise SystemExit(f"error: --{flag.replace('_', '-')} must be >= 1, got {value}")
-    lengths, marks, entries = cli.lengths_marks_and_earlier(args, TOOL)
+    lengths, marks, entries = flags.lengths_marks_and_earlier(args, TOOL)
     if args.model and not args.data:
         raise SystemExit("error: --data is required with --model")
     if lengths and min(lengths) < 2:
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
 
     if args.model:
         try:
-            model = cli.model_from_args(args)
+            model = flags.model_from_args(args)
             bos = model.bos_id
             tok = model.tokenizer
             docs = load_documents(
@@ -151,13 +151,13 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             results.append({**res.to_dict(),
                             "full_documents": sum(len(d) >= length - 1 for d in docs)})
-        entry = cli.model_entry(model)
+        entry = flags.model_entry(model)
         entry.update(data=[os.path.abspath(d) for d in args.data], documents=len(docs),
                      min_doc_tokens=args.min_doc_tokens, max_doc_tokens=args.max_doc_tokens,
                      seconds=round(time.time() - start, 2), results=results)
         entries.append(entry)
 
-    cli.report(entries, args, marks, tool=TOOL, column="ppl", cell=_cell, value=lambda r: r["ppl"],
+    flags.report(entries, args, marks, tool=TOOL, column="ppl", cell=_cell, value=lambda r: r["ppl"],
                note=_note,
                xlabel="evaluation length (tokens)", ylabel="perplexity",
                title="Sliding-window perplexity", log_y=True)
@@ -165,6 +165,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from pose_megatron import cli as error_convention
+    from pose_megatron import errors
 
-    error_convention.run(main)
+    errors.run(main)

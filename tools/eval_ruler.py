@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from tqdm import tqdm  # noqa: E402
 
-from pose_megatron.eval import cli  # noqa: E402
+from pose_megatron.eval import flags  # noqa: E402
 from pose_megatron.eval.plots import plot_heatmaps  # noqa: E402
 from pose_megatron.eval.prompting import chat_frame  # noqa: E402
 from pose_megatron.eval.report import format_table, write_json  # noqa: E402
@@ -43,8 +43,8 @@ TOOL = "eval_ruler"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.make_parser(__doc__)
-    cli.add_model_arguments(p)
+    p = flags.make_parser(__doc__)
+    flags.add_model_arguments(p)
     g = p.add_argument_group("protocol")
     g.add_argument("--lengths", nargs="+", default=[], metavar="L",
                    help="prompt lengths in tokens, BOS / chat template included (space or comma "
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--output-json, down to single samples of an interrupted cell, and run "
                         "only the rest; other models in the file are kept. The file is rewritten "
                         "after every sample")
-    cli.add_output_arguments(p, "ruler")
+    flags.add_output_arguments(p, "ruler")
     return p
 
 
@@ -159,7 +159,7 @@ def report(entries, args, marks) -> None:
         cells = {(r["task"], r["length"]): r["score"] for r in e["results"]}
         panels[e["name"]] = (tasks, lengths, [[cells.get((t, L), float("nan")) for L in lengths]
                                               for t in tasks])
-    png = plot_heatmaps(panels, cli.plot_path(args), vlines=marks,
+    png = plot_heatmaps(panels, flags.plot_path(args), vlines=marks,
                         title="RULER score (%) by task and prompt length")
     print(f"wrote {args.output_json}{f' and {png}' if png else ''}", file=sys.stderr)
 
@@ -171,11 +171,11 @@ def main(argv=None) -> int:
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise SystemExit(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}")
     tasks = parse_tasks(args.tasks)
-    lengths, marks, entries = cli.lengths_marks_and_earlier(args, TOOL)
+    lengths, marks, entries = flags.lengths_marks_and_earlier(args, TOOL)
 
     if args.model:
         try:
-            model = cli.model_from_args(args)
+            model = flags.model_from_args(args)
             tok = model.tokenizer
             chat = chat_frame(tok.render_chat, args.chat_template)
             bos = None if chat is not None else model.bos_id
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
                           seed=args.seed)
         done, others = earlier_run(args.output_json, model.name, args.seed) \
             if args.resume else ({}, [])
-        entry = cli.model_entry(model)
+        entry = flags.model_entry(model)
         entry.update(seed=args.seed, samples=args.samples, chat_template=chat is not None,
                      haystack=haystack.source if haystack else None,
                      max_new_tokens=args.max_new_tokens, results=[])
@@ -232,6 +232,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from pose_megatron import cli as error_convention
+    from pose_megatron import errors
 
-    error_convention.run(main)
+    errors.run(main)

@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pose_megatron import cli  # noqa: E402
+from pose_megatron import errors  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress lines or bars on stderr")
-    cli.add_debug_argument(p)
+    errors.add_debug_argument(p)
     return p
 
 
@@ -61,4 +61,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    errors.run(main)

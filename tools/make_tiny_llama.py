@@ -32,9 +32,9 @@ def main(argv=None) -> int:
     p.add_argument("--rope-theta", type=float, default=10000.0,
                    help="RoPE base (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
-    from pose_megatron import cli as error_convention
+    from pose_megatron import errors
 
-    error_convention.add_debug_argument(p)
+    errors.add_debug_argument(p)
     args = p.parse_args(argv)
 
     import torch
@@ -70,6 +70,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from pose_megatron import cli as error_convention
+    from pose_megatron import errors
 
-    error_convention.run(main)
+    errors.run(main)

@@ -138,9 +138,9 @@ def main(argv=None) -> int:
                         help="keep only the first N files in sorted order (default: all)")
     parser.add_argument("--workers", type=int, default=1,
                         help="tokenizer processes for the .bin/.idx step (default 1)")
-    from pose_megatron import cli as error_convention
+    from pose_megatron import errors
 
-    error_convention.add_debug_argument(parser)
+    errors.add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.vocab_size < 300:
         parser.error("--vocab-size must be >= 300 (256 byte pieces plus specials)")
@@ -150,6 +150,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from pose_megatron import cli as error_convention
+    from pose_megatron import errors
 
-    error_convention.run(main)
+    errors.run(main)

@@ -40,6 +40,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from pose_megatron.errors import UsageError
+
 DEFAULT_BLOCK_BYTES = 1 << 20
 
 
@@ -51,7 +53,7 @@ def open_binary(path: str):
         try:
             import zstandard
         except ImportError as err:
-            raise SystemExit(f"{path}: reading .zst needs the zstandard package") from err
+            raise UsageError(f"{path}: reading .zst needs the zstandard package") from err
         return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True,
                                                            closefd=True)
     return open(path, "rb")
@@ -423,9 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bytes of input lines handed to a worker at a time "
                         f"(default {DEFAULT_BLOCK_BYTES})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    from pose_megatron import cli as error_convention
+    from pose_megatron import errors
 
-    error_convention.add_debug_argument(parser)
+    errors.add_debug_argument(parser)
     return parser
 
 
@@ -446,6 +448,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from pose_megatron import cli as error_convention
+    from pose_megatron import errors
 
-    error_convention.run(main)
+    errors.run(main)

@@ -326,9 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="append every step's metrics (exact loss, lr, grad norm, ...) to this "
                         "JSON-lines file (rank 0)")
     add_pose_arguments(p)
-    from pose_megatron import cli
+    from pose_megatron import errors
 
-    cli.add_debug_argument(p)
+    errors.add_debug_argument(p)
     return p
 
 

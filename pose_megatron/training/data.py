@@ -13,6 +13,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from pose_megatron.errors import UsageError
 from pose_megatron.training.batch import collate
 
 
@@ -162,6 +163,6 @@ def build_megatron_dataset(args, vocab_size: int, num_samples: int):
         PoseGPTDataset, [num_samples, 0, 0],
         lambda: ps.get_tensor_model_parallel_rank() == 0, config).build()
     if train is None and ps.get_tensor_model_parallel_rank() == 0:
-        raise SystemExit(f"error: --data-path {' '.join(args.data_path)} with --split "
+        raise UsageError(f"--data-path {' '.join(args.data_path)} with --split "
                          f"{args.split} has no training split")
     return train

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from pose_megatron.config import ModelArgs
 from pose_megatron.training import checkpointing, logging_utils
 from pose_megatron.training.arguments import model_args_from
+from pose_megatron.errors import UsageError
 from pose_megatron.training.batch import get_batch
 from pose_megatron.training.data import (SyntheticPoseDataset, batch_iterator,
                                          build_megatron_dataset)
@@ -61,13 +62,13 @@ def check_device_support(args, device: str) -> None:
         ]
         for bad, flag, why in unsupported:
             if bad:
-                raise SystemExit(f"error: {flag} cannot run on the CPU ({why}); drop the flag or "
+                raise UsageError(f"{flag} cannot run on the CPU ({why}); drop the flag or "
                                  "run on a GPU")
     elif args.context_parallel_size > 1 or args.sequence_parallel:
         from pose_megatron.model import have_transformer_engine
 
         if not have_transformer_engine():
-            raise SystemExit("error: --context-parallel-size > 1 and --sequence-parallel need "
+            raise UsageError("--context-parallel-size > 1 and --sequence-parallel need "
                              "Transformer Engine (import transformer_engine failed)")
 
 
@@ -163,20 +164,20 @@ def check_resume_settings(args, saved, model_args: ModelArgs) -> None:
     changed = _schedule_differences(args, schedule)
     if changed and not (_flag(args, "override_opt_param_scheduler")
                         or _flag(args, "use_checkpoint_opt_param_scheduler")):
-        raise SystemExit(
-            f"error: {where}: the LR schedule flags differ from the checkpoint's: "
+        raise UsageError(
+            f"{where}: the LR schedule flags differ from the checkpoint's: "
             f"{'; '.join(changed)}; pass --use-checkpoint-opt-param-scheduler to continue the "
             "checkpoint's schedule or --override-opt-param-scheduler to apply the flags")
     if not saved.has_optimizer and not _flag(args, "no_load_optim"):
-        raise SystemExit(
-            f"error: {where} was saved without optimizer state (--no-save-optim); pass "
+        raise UsageError(
+            f"{where} was saved without optimizer state (--no-save-optim); pass "
             "--no-load-optim to resume with a fresh optimizer, or --finetune to start a new run "
             "from its weights")
     if model_args != saved.model_args and not _flag(args, "override_rope_scaling"):
         old, new = saved.model_args.to_dict(), model_args.to_dict()
         diff = "; ".join(f"{k} {new[k]} (checkpoint: {old[k]})" for k in old if old[k] != new[k])
-        raise SystemExit(
-            f"error: {where}: --rope-scaling-* flags change the model's RoPE: {diff}; resuming "
+        raise UsageError(
+            f"{where}: --rope-scaling-* flags change the model's RoPE: {diff}; resuming "
             "continues the checkpoint's RoPE: drop those flags, or pass --override-rope-scaling "
             "to continue training with the new RoPE (later iterations are labelled with it), or "
             "--finetune to start a new run")
@@ -221,27 +222,27 @@ def setup(args) -> Trainer:
     save_lock = checkpointing.lock_save_dir(args.save) if args.save else None
     saved = checkpointing.inspect_checkpoint(args.load) if args.load else None
     if saved is not None and saved.hybrid_pattern and args.model_class != "hybrid":
-        raise SystemExit(
-            f"error: --load {args.load} was saved by a HybridModel run (layers "
+        raise UsageError(
+            f"--load {args.load} was saved by a HybridModel run (layers "
             f"{saved.hybrid_pattern}); pass --model-class hybrid (megatron-core >= 0.19) to load it")
     resuming = saved is not None and not saved.release and not args.finetune
     model_args = model_args_from(args, saved.model_args if saved else None)
     if resuming:
         check_resume_settings(args, saved, model_args)
     if args.pose_target_len > model_args.max_position:
-        raise SystemExit(
-            f"error: --pose-target-len {args.pose_target_len} exceeds the model's RoPE range "
+        raise UsageError(
+            f"--pose-target-len {args.pose_target_len} exceeds the model's RoPE range "
             f"{model_args.max_position} (original window x rope factor); set "
             "--rope-scaling-type (linear, yarn, ...) and/or --rope-scaling-factor")
 
     dp = ps.get_data_parallel_world_size()
     gbs = args.global_batch_size or args.micro_batch_size * dp
     if gbs % (args.micro_batch_size * dp):
-        raise SystemExit(f"error: --global-batch-size {gbs} is not a multiple of "
+        raise UsageError(f"--global-batch-size {gbs} is not a multiple of "
                          f"--micro-batch-size {args.micro_batch_size} * data-parallel size {dp}")
     args.global_batch_size = gbs
     if args.pose_train_len % (2 * args.context_parallel_size) and args.context_parallel_size > 1:
-        raise SystemExit(f"error: --pose-train-len {args.pose_train_len} must be a multiple of "
+        raise UsageError(f"--pose-train-len {args.pose_train_len} must be a multiple of "
                          f"2 * --context-parallel-size = {2 * args.context_parallel_size}")
 
     params_dtype = torch.bfloat16 if args.bf16 else torch.float32

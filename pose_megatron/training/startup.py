@@ -18,6 +18,7 @@ from typing import Optional
 
 from pose_megatron import startup_warnings
 from pose_megatron.config import ModelArgs
+from pose_megatron.errors import UsageError
 
 # One table and filter for every tool (re-exported: the training entry applies it first).
 UNACTIONABLE_WARNINGS = startup_warnings.UNACTIONABLE_WARNINGS
@@ -55,8 +56,8 @@ def check_target_window(args, base: ModelArgs, where: str) -> None:
     original = _original_window(args, base)
     target = args.pose_target_len
     if target < original:
-        raise SystemExit(
-            f"error: --pose-target-len {target} is inside the original window {original} of "
+        raise UsageError(
+            f"--pose-target-len {target} is inside the original window {original} of "
             f"{where}, so --rope-scaling-type {rope_type} would scale by {target}/{original} "
             f"< 1: pass --rope-scaling-type none to train PoSE within the window, or "
             f"--rope-original-max-position N (N < {target}) to extend from a smaller window "
@@ -73,7 +74,7 @@ def check_parallel_sizes(args, model_args: ModelArgs) -> None:
         # check_parallel speaks the converter's flags; name this command's
         text = str(err).replace("--tp ", "--tensor-model-parallel-size ", 1) \
                        .replace("--pp ", "--pipeline-model-parallel-size ", 1)
-        raise SystemExit(f"error: {text} of the model; choose a size that divides them "
+        raise UsageError(f"{text} of the model; choose a size that divides them "
                          "(with GQA the KV heads bound the TP size)") from None
 
 
@@ -87,7 +88,7 @@ def check_before_start(args) -> None:
         try:
             megatron_compat.require_hybrid("--model-class hybrid")
         except RuntimeError as err:
-            raise SystemExit(f"error: {err}") from None
+            raise UsageError(f"{err}") from None
 
     loaded = _checkpoint_model_args(getattr(args, "load", None))
     if args.load and loaded is None:
@@ -108,7 +109,7 @@ def check_before_start(args) -> None:
     try:
         model_args = model_args_from(args, loaded)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(f"{err}") from None
     check_parallel_sizes(args, model_args)
 
 

@@ -11,11 +11,11 @@ Usage in a tool::
 
     def build_parser():
         p = argparse.ArgumentParser(...)
-        cli.add_debug_argument(p)
+        errors.add_debug_argument(p)
         ...
 
     if __name__ == "__main__":
-        cli.run(main)   # main(argv) -> int | None; raises on failure
+        errors.run(main)   # main(argv) -> int | None; raises on failure
 """
 
 from __future__ import annotations
@@ -40,8 +40,19 @@ EXIT_ERROR = 2
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
 
 
-class UsageError(Exception):
-    """An expected failure; its message already names the file or flag."""
+class UsageError(SystemExit):
+    """The package's one error type for an expected failure; the message names the file or flag.
+
+    A ``SystemExit`` whose code is the ``error: ...`` line, so the line is all a user sees both
+    under ``run`` and where nothing of ours catches it (the helpers running inside Megatron-LM's
+    ``pretrain_gpt.py``: Python prints a string exit code and exits 1, no traceback).
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message if message.startswith("error: ") else f"error: {message}")
+
+    def __str__(self) -> str:
+        return self.code[len("error: "):]
 
 
 def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -123,7 +134,7 @@ def _one_line_usage_errors():
     original = argparse.ArgumentParser.error
 
     def error(parser, message):
-        raise SystemExit(f"error: {message} (see {parser.prog} --help)")
+        raise UsageError(f"{message} (see {parser.prog} --help)")
 
     argparse.ArgumentParser.error = error
     try:
@@ -148,7 +159,7 @@ def run(main: Callable, argv: Optional[Sequence[str]] = None, *, exit: bool = Tr
             result = main(argv)
         code = result if isinstance(result, int) else 0
     except SystemExit as stop:
-        if isinstance(stop.code, str):  # SystemExit("error: ...") from a check
+        if isinstance(stop.code, str):  # UsageError, or argparse's one line
             text = stop.code if stop.code.startswith("error:") else f"error: {stop.code}"
             _report(text)
             code = EXIT_ERROR

@@ -8,15 +8,16 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 from pose_megatron.eval.models import EvalModel, load_model, parse_rope_scaling
+from pose_megatron.errors import UsageError
 from pose_megatron.eval.plots import plot_curves
 from pose_megatron.eval.report import format_table, read_results, write_json
 
 
 def make_parser(doc: str) -> argparse.ArgumentParser:
     """A parser whose description is the docstring's first paragraph and epilog the rest."""
-    from pose_megatron import cli as error_convention
+    from pose_megatron import errors
 
-    return error_convention.add_debug_argument(argparse.ArgumentParser(
+    return errors.add_debug_argument(argparse.ArgumentParser(
         description=doc.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(doc.split("\n\n")[1:]),
@@ -98,7 +99,7 @@ def model_from_args(args) -> EvalModel:
     try:
         rope_scaling = parse_rope_scaling(args.rope_scaling)
     except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise UsageError(str(exc)) from None
     return load_model(args.model, rope_scaling=rope_scaling, tokenizer_path=args.tokenizer,
                       device=args.device, dtype=args.dtype, name=args.name)
 
@@ -112,13 +113,13 @@ def lengths_marks_and_earlier(args, tool: str):
     """(lengths to evaluate, plot marks, earlier result entries of ``tool`` from --compare);
     bad values exit with a one-line error, as does a run with neither --model nor --compare."""
     if args.model is None and not args.compare:
-        raise SystemExit("error: give --model (to evaluate) and/or --compare (to re-plot)")
+        raise UsageError("give --model (to evaluate) and/or --compare (to re-plot)")
     try:
         lengths = parse_lengths(args.lengths) if args.model else []
         marks = parse_marks(args.mark)
         entries = [m for path in args.compare for m in read_results(path, tool)]
     except (argparse.ArgumentTypeError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise UsageError(str(exc)) from None
     return lengths, marks, entries
 
 
