@@ -27,7 +27,9 @@ import argparse
 import functools
 from typing import Any, Callable, Optional, Sequence
 
-from pose_megatron.training.arguments import ROPE_FLAG_DESTS, rope_scaling_from_flags
+from pose_megatron.positions import PoseSettings
+from pose_megatron.training.arguments import (POSE_FLAG_DESTS, ROPE_FLAG_DESTS,
+                                              rope_scaling_from_flags)
 
 _MISSING = object()
 
@@ -69,16 +71,32 @@ def pose_arg(args: Any, name: str, default: Any = _MISSING) -> Any:
     return default
 
 
-def pose_settings(args) -> dict:
-    """The PoSE sampling settings and the RoPE settings of a Megatron-LM run."""
-    seq = pose_arg(args, "seq_length")
-    train_len = pose_arg(args, "pose_train_len", None) or seq
+def _target_len(args) -> int:
     target_len = pose_arg(args, "pose_target_len", None)
     if target_len is None:
         raise ValueError("--pose-target-len is required for PoSE training")
+    return target_len
+
+
+def pose_settings(args) -> PoseSettings:
+    """The PoSE sampling of a Megatron-LM run: the ``--pose-*`` flags, ``--seed``, and
+    ``--seq-length`` as the train window (``--pose-train-len`` may repeat it)."""
+    seq = pose_arg(args, "seq_length")
+    train_len = pose_arg(args, "pose_train_len", None) or seq
+    _target_len(args)
     if train_len != seq:
         raise ValueError(f"--pose-train-len {train_len} must equal --seq-length {seq} (the "
                          "pipeline schedules size their buffers from --seq-length)")
+    return PoseSettings.from_flags(argparse.Namespace(
+        **{name: pose_arg(args, name) for name in POSE_FLAG_DESTS}, pose_train_len=train_len,
+        seed=pose_arg(args, "seed")))
+
+
+def rope_settings(args) -> dict:
+    """The RoPE of a Megatron-LM run (``enable_pose_rope``'s ``rope``): its window, the
+    ``--rope-*`` flags applied to it, and the range the PoSE target must fit in."""
+    target_len = _target_len(args)
+    seq = pose_arg(args, "seq_length")
     original = (pose_arg(args, "rope_original_max_position", None)
                 or pose_arg(args, "max_position_embeddings", None) or seq)
     rope_type = pose_arg(args, "rope_scaling_type", None)
@@ -96,17 +114,8 @@ def pose_settings(args) -> dict:
     if target_len > max_position:
         raise ValueError(f"--pose-target-len {target_len} exceeds the RoPE range {max_position}; "
                          "raise --rope-scaling-factor")
-    return {
-        "train_len": train_len, "target_len": target_len,
-        "num_chunks": pose_arg(args, "pose_num_chunks", 2),
-        "scheme": pose_arg(args, "pose_scheme", "reference"),
-        "content_offset": pose_arg(args, "pose_content_offset", "random"),
-        "short_docs": pose_arg(args, "pose_short_docs", "skip"),
-        "max_doc_len": pose_arg(args, "pose_max_doc_len", None),
-        "rope": {"rope_theta": float(pose_arg(args, "rotary_base", 10000)),
-                 "rope_scaling": scaling, "max_position": max_position,
-                 "max_position_embeddings": original},
-    }
+    return {"rope_theta": float(pose_arg(args, "rotary_base", 10000)), "rope_scaling": scaling,
+            "max_position": max_position, "max_position_embeddings": original}
 
 
 def _megatron_args():
@@ -129,7 +138,7 @@ def pose_model_provider(model_provider: Callable, get_args: Optional[Callable] =
     @functools.wraps(model_provider)
     def provider(*args, **kwargs):
         mlm_args = get_args()
-        rope = pose_settings(mlm_args)["rope"]
+        rope = rope_settings(mlm_args)
         # YaRN's / LongRoPE's attention scaling is the config's softmax_scale, which Megatron-LM
         # copies from args into the TransformerConfig the provider builds (0.16 and 0.19).
         if getattr(mlm_args, "softmax_scale", None) is None:
@@ -148,14 +157,10 @@ def dataset_config(args, tokenizer):
 
     from pose_megatron.data.pose_dataset import PoseDatasetConfig
 
-    s = pose_settings(args)
-    return PoseDatasetConfig(
-        random_seed=pose_arg(args, "seed"), sequence_length=s["train_len"],
-        target_len=s["target_len"], blend=get_blend_from_list(pose_arg(args, "data_path")),
+    return PoseDatasetConfig.for_settings(
+        pose_settings(args), blend=get_blend_from_list(pose_arg(args, "data_path")),
         split=pose_arg(args, "split", "100,0,0"), tokenizer=tokenizer,
-        path_to_cache=pose_arg(args, "data_cache_path", None), num_chunks=s["num_chunks"],
-        scheme=s["scheme"], content_offset=s["content_offset"], short_docs=s["short_docs"],
-        max_doc_len=s["max_doc_len"])
+        path_to_cache=pose_arg(args, "data_cache_path", None))
 
 
 def pose_datasets_provider(train_val_test_num_samples, vp_stage=None, *, get_args=None,

@@ -54,6 +54,7 @@ SCHEMES = ("reference", "uniform", "full", "randpos")
 # bound is deliberate, a cheaper stand-in for the target length.
 REFERENCE_DOC_WINDOWS = 5
 CONTENT_OFFSETS = ("random", "zero", "equal_u")
+SHORT_DOCS = ("skip", "pack")
 
 # Independent random streams: one per kind of draw and per chunk.
 _STREAM_CUT = 1_000
@@ -182,6 +183,71 @@ def default_max_doc_len(train_len: int, target_len: int, scheme: str) -> int:
     the other schemes at ``target_len`` (content beyond it could not be placed at its distance).
     """
     return REFERENCE_DOC_WINDOWS * train_len if scheme == "reference" else target_len
+
+
+@dataclasses.dataclass(frozen=True)
+class PoseSettings:
+    """A run's PoSE sampling, validated once; every consumer (the dataset, the synthetic dataset,
+    the training loop, the Megatron-LM helpers) takes this instead of loose keywords.
+
+    ``seed`` is the run's data seed (Megatron's ``random_seed``): it drives the sample index and
+    every positional draw. ``short_docs`` says what happens to documents shorter than
+    ``train_len``: ``skip`` (the paper) or ``pack`` consecutive ones.
+    """
+
+    train_len: int
+    target_len: int
+    num_chunks: int = 2
+    scheme: str = "reference"
+    content_offset: str = "random"
+    seed: int = 0
+    max_doc_len: Optional[int] = None
+    short_docs: str = "skip"
+
+    def __post_init__(self) -> None:
+        validate(self.train_len, self.target_len, num_chunks=self.num_chunks, scheme=self.scheme,
+                 content_offset=self.content_offset, seed=self.seed, max_doc_len=self.max_doc_len)
+        if self.short_docs not in SHORT_DOCS:
+            raise ValueError(f"short_docs must be one of {SHORT_DOCS}, got {self.short_docs!r}")
+        for name in ("train_len", "target_len", "num_chunks", "seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+
+    @classmethod
+    def from_flags(cls, args, *, seed: Optional[int] = None) -> "PoseSettings":
+        """From the ``--pose-*`` flags (``pose_megatron.train``'s or Megatron-LM's namespace,
+        where ``add_pose_arguments`` defined them) and ``--seed``."""
+        return cls(train_len=args.pose_train_len, target_len=args.pose_target_len,
+                   num_chunks=args.pose_num_chunks, scheme=args.pose_scheme,
+                   content_offset=args.pose_content_offset,
+                   seed=args.seed if seed is None else seed, max_doc_len=args.pose_max_doc_len,
+                   short_docs=args.pose_short_docs)
+
+    @property
+    def doc_cut(self) -> int:
+        """Where a document is cut before a sample is drawn from it (``max_doc_len`` or the
+        scheme's default, ``default_max_doc_len``)."""
+        return self.max_doc_len or default_max_doc_len(self.train_len, self.target_len,
+                                                       self.scheme)
+
+    @property
+    def synthetic_doc_len(self) -> int:
+        """The document length of the synthetic data: the reference's cut, bounded by the
+        target (longer content could not be placed at its distance)."""
+        return max(self.train_len, min(self.target_len, REFERENCE_DOC_WINDOWS * self.train_len))
+
+    def sample(self, index: int, doc_len: Optional[int] = None) -> "PoSESample":
+        """Sample ``index`` of the run (``pose_position_ids``)."""
+        return pose_position_ids(
+            self.train_len, self.target_len, doc_len=doc_len, num_chunks=self.num_chunks,
+            scheme=self.scheme, content_offset=self.content_offset, seed=self.seed, index=index,
+            max_doc_len=self.max_doc_len)
+
+    def batch(self, indices, doc_lens=None) -> "PoSEBatch":
+        """Samples ``indices`` of the run at once (``pose_position_ids_batch``)."""
+        return pose_position_ids_batch(
+            self.train_len, self.target_len, indices, doc_lens=doc_lens,
+            num_chunks=self.num_chunks, scheme=self.scheme, content_offset=self.content_offset,
+            seed=self.seed, max_doc_len=self.max_doc_len)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pose_megatron.training.batch import (collate, context_parallel_chunk_ids, k
                                           split_batch_for_context_parallel,
                                           split_for_context_parallel)
 from pose_megatron.training.data import SyntheticPoseDataset, micro_batch_indices
+from pose_megatron.positions import PoseSettings
 from tests.distributed import run_distributed
 
 
@@ -94,7 +95,7 @@ def _tp_broadcast(rank, world):
     from pose_megatron.training.batch import get_batch
 
     parallel.initialize(tensor_model_parallel_size=2, device="cpu")
-    dataset = SyntheticPoseDataset(4, 256, 16, 64, seed=5)
+    dataset = SyntheticPoseDataset(4, 256, PoseSettings(16, 64, seed=5))
     iterator = iter([collate([dataset[0], dataset[1]])]) if rank == 0 else None
     batch = get_batch(iterator, "cpu")
     return {k: v.numpy() for k, v in batch.items()}
@@ -102,7 +103,7 @@ def _tp_broadcast(rank, world):
 
 def test_tp_rank1_gets_rank0_batch_without_reading():
     got = run_distributed(_tp_broadcast, 2)
-    dataset = SyntheticPoseDataset(4, 256, 16, 64, seed=5)
+    dataset = SyntheticPoseDataset(4, 256, PoseSettings(16, 64, seed=5))
     want = collate([dataset[0], dataset[1]])
     for rank_batch in got:
         assert sorted(rank_batch) == ["labels", "loss_mask", "position_ids", "tokens"]
@@ -118,7 +119,7 @@ def test_every_stage_gets_position_ids():
 
 
 def test_collate_checks_fields_and_lengths():
-    dataset = SyntheticPoseDataset(2, 256, 16, 64)
+    dataset = SyntheticPoseDataset(2, 256, PoseSettings(16, 64))
     item = dataset[0]
     batch = collate([item, dataset[1]])
     assert batch["tokens"].dtype == torch.int64 and batch["tokens"].shape == (2, 16)
@@ -131,7 +132,7 @@ def test_collate_checks_fields_and_lengths():
 
 
 def test_synthetic_sample_is_pose_and_labels_are_next_sample_tokens():
-    dataset = SyntheticPoseDataset(8, 1000, 32, 256, seed=1)
+    dataset = SyntheticPoseDataset(8, 1000, PoseSettings(32, 256, seed=1))
     item = dataset[3]
     expected = pose_position_ids(32, 256, doc_len=dataset.doc_len, seed=1, index=3)
     np.testing.assert_array_equal(item["position_ids"], expected.position_ids)

@@ -13,7 +13,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 from pose_megatron.data import sample_index as si
 from pose_megatron.data.pose_dataset import PoseDatasetConfig, PoseGPTDataset
 from pose_megatron.data.tokenizers import load_tokenizer
-from pose_megatron.positions import pose_position_ids
+from pose_megatron.positions import PoseSettings, pose_position_ids
 
 VOCAB = 400
 TRAIN, TARGET = 64, 512
@@ -55,10 +55,16 @@ def corpora(tmp_path_factory):
     return out
 
 
+_POSE_FIELDS = ("train_len", "num_chunks", "scheme", "content_offset", "max_doc_len",
+                "short_docs")
+
+
 def make_config(tokenizer, blend, **kw):
     kw.setdefault("split", "90,10,0")
-    return PoseDatasetConfig(random_seed=kw.pop("seed", 7), sequence_length=TRAIN,
-                             target_len=TARGET, blend=blend, tokenizer=tokenizer,
+    pose = PoseSettings(**{"train_len": TRAIN, "target_len": TARGET, "seed": kw.pop("seed", 7),
+                           **{k: kw.pop(k) for k in _POSE_FIELDS if k in kw}})
+    return PoseDatasetConfig(random_seed=pose.seed, sequence_length=TRAIN, pose=pose,
+                             blend=blend, tokenizer=tokenizer,
                              create_attention_mask=kw.pop("create_attention_mask", False), **kw)
 
 
@@ -71,10 +77,10 @@ def check_sample(ds, docs, idx, config):
     vdoc = np.concatenate([docs[d] for d in ds.index.documents(idx)])
     full = vdoc.size
     assert full >= TRAIN
-    ref = pose_position_ids(TRAIN, TARGET, doc_len=full, num_chunks=config.num_chunks,
-                            scheme=config.scheme, content_offset=config.content_offset,
+    ref = pose_position_ids(TRAIN, TARGET, doc_len=full, num_chunks=config.pose.num_chunks,
+                            scheme=config.pose.scheme, content_offset=config.pose.content_offset,
                             seed=config.random_seed, index=idx,
-                            max_doc_len=config.max_doc_len)
+                            max_doc_len=config.pose.max_doc_len)
     expected = np.concatenate([vdoc[c.src_start:c.src_start + c.length] for c in ref.chunks])
     np.testing.assert_array_equal(s["tokens"], expected)
     np.testing.assert_array_equal(s["position_ids"], ref.position_ids)
@@ -257,11 +263,14 @@ def test_empty_corpus_and_unsuppliable_blend(tokenizer, corpora, tmp_path):
 
 def test_config_errors(tokenizer, corpora):
     prefix, _ = corpora["a"]
-    with pytest.raises(ValueError, match="target_len"):
+    with pytest.raises(ValueError, match="needs pose=PoseSettings"):
         PoseDatasetConfig(random_seed=0, sequence_length=64, blend=([prefix], None),
                           split="1", tokenizer=tokenizer)
     with pytest.raises(ValueError, match="train_len"):
         make_config(tokenizer, ([prefix], None), train_len=32)
+    with pytest.raises(ValueError, match="pose.seed"):
+        PoseDatasetConfig(random_seed=3, sequence_length=TRAIN, pose=PoseSettings(TRAIN, TARGET),
+                          blend=([prefix], None), split="1", tokenizer=tokenizer)
     with pytest.raises(ValueError, match="short_docs"):
         make_config(tokenizer, ([prefix], None), short_docs="truncate")
     with pytest.raises(ValueError, match="reset_position_ids"):
@@ -308,11 +317,10 @@ def test_build_datasets_from_a_data_path_list(tokenizer, corpora, tmp_path):
 
     data_path = ["70", corpora["a"][0], "30", corpora["b"][0]]
     train, valid, test = build_datasets(
-        data_path, tokenizer.path, train_len=TRAIN, target_len=TARGET, sizes=[2000, 50, 0],
-        split="90,10,0", seed=7, path_to_cache=None, short_docs="pack",
-        create_attention_mask=False)
+        data_path, tokenizer.path, PoseSettings(TRAIN, TARGET, seed=7, short_docs="pack"),
+        sizes=[2000, 50, 0], split="90,10,0", path_to_cache=None, create_attention_mask=False)
     assert len(train) == 2000 and len(valid) == 50 and test is None
     share = np.bincount(train.dataset_index, minlength=2) / len(train)
     np.testing.assert_allclose(share, [0.7, 0.3], atol=0.01)
-    assert train.datasets[0].config.short_docs == "pack"
+    assert train.datasets[0].config.pose.short_docs == "pack"
     assert train[1999]["tokens"].shape == (TRAIN,)

@@ -141,6 +141,6 @@ def test_megatron_lm_helpers_ask_for_the_same_rope(kind):
     megatron_lm.add_pose_args(megatron)
     args = megatron.parse_args(["--seq-length", str(TRAIN), "--max-position-embeddings",
                                 str(ORIGINAL), *flags])
-    rope = megatron_lm.pose_settings(args)["rope"]
+    rope = megatron_lm.rope_settings(args)
     assert rope["rope_scaling"] == rope_scaling_from_args(trained, base)
     assert rope["max_position"] >= target

@@ -62,7 +62,7 @@ def test_cp2_matches_cp1(tmp_path):
 
 def test_cpu_refuses_context_parallel():
     from pose_megatron.training.arguments import parse_args
-    from pose_megatron.training.loop import check_device_support
+    from pose_megatron.training.validation import check_device_support
 
     args = parse_args(["--mock-data", "--pose-train-len", "64", "--context-parallel-size", "2"])
     with pytest.raises(SystemExit, match="--context-parallel-size > 1 cannot run on the CPU"):

@@ -40,10 +40,10 @@ def test_extra_args_provider_chains_the_scripts_own():
 def test_rope_scaling_type_is_required_beyond_the_window():
     args = _pose_args("--pose-target-len", "8192", seq_length=2048, max_position_embeddings=2048)
     with pytest.raises(ValueError, match="--rope-scaling-type is required"):
-        megatron_lm.pose_settings(args)
+        megatron_lm.rope_settings(args)
     args = _pose_args("--pose-target-len", "8192", "--rope-scaling-type", "linear",
                       seq_length=2048, max_position_embeddings=2048)
-    assert megatron_lm.pose_settings(args)["rope"]["rope_scaling"] == {"rope_type": "linear",
+    assert megatron_lm.rope_settings(args)["rope_scaling"] == {"rope_type": "linear",
                                                                        "factor": 4.0}
 
 
@@ -51,7 +51,7 @@ def test_target_beyond_rope_range_is_refused():
     args = _pose_args("--pose-target-len", "32768", "--rope-scaling-type", "linear",
                       "--rope-scaling-factor", "8", seq_length=2048, max_position_embeddings=2048)
     with pytest.raises(ValueError, match="exceeds the RoPE range 16384"):
-        megatron_lm.pose_settings(args)
+        megatron_lm.rope_settings(args)
 
 
 def _wrapped_provider(rank, world):
@@ -147,9 +147,10 @@ def _get_batch(rank, world):
     from pose_megatron import parallel
     from pose_megatron.training.batch import collate
     from pose_megatron.training.data import SyntheticPoseDataset
+    from pose_megatron.positions import PoseSettings
 
     parallel.initialize(device="cpu")
-    dataset = SyntheticPoseDataset(2, 256, 16, 64, seed=2)
+    dataset = SyntheticPoseDataset(2, 256, PoseSettings(16, 64, seed=2))
     batch = collate([dataset[0], dataset[1]])
     out = megatron_lm.pose_get_batch(iter([batch]), None, device="cpu")
     keyed = megatron_lm.pose_get_batch(iter([batch]), None, keys=["position_ids", "cu_seqlens",

@@ -126,9 +126,10 @@ def test_dp2_matches_dp1(runs):
 def test_every_pipeline_stage_sees_the_sample_positions(runs):
     """Stage 0 and stage 1 get the PoSE position ids of exactly the samples being trained."""
     from pose_megatron.training.data import SyntheticPoseDataset
+    from pose_megatron.positions import PoseSettings
 
     _, _, pp2, _ = runs
-    dataset = SyntheticPoseDataset(STEPS * 4, 256, TRAIN_LEN, TARGET_LEN, seed=7)
+    dataset = SyntheticPoseDataset(STEPS * 4, 256, PoseSettings(TRAIN_LEN, TARGET_LEN, seed=7))
     expected = [dataset[i]["position_ids"][None] for i in range(STEPS * 4)]
     assert any(e.max() >= TRAIN_LEN for e in expected)  # real skips, not 0..L-1
     stages = {}

@@ -1,4 +1,4 @@
-"""Training start-up (pose_megatron/training/startup.py): flag-only refusals come before any
+"""Training start-up (pose_megatron/training/validation.py, startup.py): flag-only refusals come before any
 process group, the settings line says what runs, unactionable warnings are filtered."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from pose_megatron.config import ModelArgs
 from pose_megatron.convert import hf_config
-from pose_megatron.training import startup
+from pose_megatron.training import startup, validation
 from pose_megatron.training.arguments import parse_args
 
 # SmolLM2-135M's config.json (the real model of tests/test_real_model.py): 9 heads, 3 KV heads
@@ -39,7 +39,7 @@ def _args(load, *extra):
 
 def _refusal(args) -> str:
     with pytest.raises(SystemExit) as info:
-        startup.check_before_start(args)
+        validation.check_flags(args)
     text = str(info.value.code)
     assert text.startswith("error: ") and "\n" not in text
     return text
@@ -53,12 +53,12 @@ def test_target_inside_the_window_says_what_to_pass(smollm2_ckpt):
 
 
 def test_target_inside_the_window_is_fine_without_scaling_or_from_a_smaller_window(smollm2_ckpt):
-    startup.check_before_start(_args(smollm2_ckpt, "--pose-target-len", "4096",
+    validation.check_flags(_args(smollm2_ckpt, "--pose-target-len", "4096",
                                      "--rope-scaling-type", "none"))
-    startup.check_before_start(_args(smollm2_ckpt, "--pose-target-len", "4096",
+    validation.check_flags(_args(smollm2_ckpt, "--pose-target-len", "4096",
                                      "--rope-scaling-type", "yarn",
                                      "--rope-original-max-position", "1024"))
-    startup.check_before_start(_args(smollm2_ckpt, "--pose-target-len", "32768",
+    validation.check_flags(_args(smollm2_ckpt, "--pose-target-len", "32768",
                                      "--rope-scaling-type", "yarn"))
 
 
@@ -66,7 +66,7 @@ def test_tp_that_does_not_divide_the_kv_heads_is_refused(smollm2_ckpt):
     text = _refusal(_args(smollm2_ckpt, "--tensor-model-parallel-size", "2"))
     assert text.startswith("error: --tensor-model-parallel-size 2 does not divide")
     assert "num_attention_heads 9" in text and "num_key_value_heads) 3" in text
-    startup.check_before_start(_args(smollm2_ckpt, "--tensor-model-parallel-size", "3"))
+    validation.check_flags(_args(smollm2_ckpt, "--tensor-model-parallel-size", "3"))
 
 
 def test_refusals_come_before_any_process_group(smollm2_ckpt, monkeypatch):

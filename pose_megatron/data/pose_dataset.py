@@ -3,9 +3,10 @@
 ``PoseGPTDataset`` is a ``MegatronDataset`` over an ``IndexedDataset`` (``.bin``/``.idx``), so
 weighted blends of corpora and train/valid/test splits work as in any Megatron job::
 
-    config = PoseDatasetConfig(random_seed=1234, sequence_length=2048, target_len=16384,
-                               blend=(["a_text_document", "b_text_document"], [0.7, 0.3]),
-                               split="98,1,1", tokenizer=load_tokenizer("tokenizer.model"))
+    pose = PoseSettings(train_len=2048, target_len=16384, seed=1234)
+    config = PoseDatasetConfig.for_settings(
+        pose, blend=(["a_text_document", "b_text_document"], [0.7, 0.3]), split="98,1,1",
+        tokenizer=load_tokenizer("tokenizer.model"))
     train, valid, test = BlendedMegatronDatasetBuilder(
         PoseGPTDataset, [num_train, num_valid, num_test], lambda: True, config).build()
 
@@ -47,11 +48,15 @@ from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.datasets.utils import Split
 
 from pose_megatron.data import sample_index as sample_index_lib
+from pose_megatron.positions import PoseSettings
 
 logger = logging.getLogger(__name__)
 
 _HEADER = b"MMIDIDX\x00\x00"
 _HEADER_BYTES = 34
+# The PoSE settings that shape the sample index (not the seed: Megatron's own keys hold it).
+_POSE_CACHE_KEYS = ("train_len", "target_len", "num_chunks", "scheme", "content_offset",
+                    "short_docs", "max_doc_len")
 _BLOCK = 128  # samples whose positions are generated together (one vectorised call)
 
 
@@ -64,23 +69,9 @@ class PoseDatasetConfig(GPTDatasetConfig):
     reset_attention_mask: Optional[bool] = False
     eod_mask_loss: Optional[bool] = False
 
-    train_len: Optional[int] = None
-    """Training window L_train (defaults to, and must equal, ``sequence_length``)."""
-
-    target_len: Optional[int] = None
-    """Target context length L_target; every position id is below it. Required."""
-
-    num_chunks: int = 2
-    scheme: str = "reference"
-    content_offset: str = "random"
-    short_docs: str = "skip"
-    """``skip`` documents shorter than train_len (the paper's data has none) or ``pack`` them
-    together. Either way every sample has train_len tokens: the reference's short-document branch
-    (``pose_position_ids`` with ``doc_len < train_len``) would give shorter, padded samples."""
-
-    max_doc_len: Optional[int] = None
-    """Documents (or packs) are truncated to this many tokens before chunking; default
-    ``pose_megatron.positions.default_max_doc_len`` (5 x train_len for the reference scheme)."""
+    pose: Optional[PoseSettings] = None
+    """The PoSE sampling (``pose_megatron.positions.PoseSettings``); ``pose.train_len`` must equal
+    ``sequence_length`` and ``pose.seed`` ``random_seed``: ``for_settings`` builds it so."""
 
     max_epochs: Optional[int] = None
     """Refuse to repeat a corpus more than this many times to supply the requested samples."""
@@ -91,23 +82,23 @@ class PoseDatasetConfig(GPTDatasetConfig):
     index_threads: int = 0
     """Threads of the C++ index builder (0: all cores)."""
 
+    @classmethod
+    def for_settings(cls, pose: PoseSettings, **fields) -> "PoseDatasetConfig":
+        """The config of ``pose`` (window and seed from it) with Megatron's other fields."""
+        return cls(random_seed=pose.seed, sequence_length=pose.train_len, pose=pose, **fields)
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        from pose_megatron.positions import validate
-
-        if self.train_len is None:
-            self.train_len = self.sequence_length
-        if self.train_len != self.sequence_length:
-            raise ValueError(f"train_len ({self.train_len}) must equal sequence_length "
+        if not isinstance(self.pose, PoseSettings):
+            raise ValueError("PoseDatasetConfig needs pose=PoseSettings(...) (the train window, "
+                             "the target length and the sampling; see for_settings)")
+        if self.pose.train_len != self.sequence_length:
+            raise ValueError(f"pose.train_len ({self.pose.train_len}) must equal sequence_length "
                              f"({self.sequence_length})")
-        if self.target_len is None:
-            raise ValueError("PoseDatasetConfig needs target_len (the context length to reach)")
-        validate(self.train_len, self.target_len, num_chunks=self.num_chunks, scheme=self.scheme,
-                 content_offset=self.content_offset, seed=self.random_seed,
-                 max_doc_len=self.max_doc_len)
-        if self.short_docs not in sample_index_lib.SHORT_DOCS:
-            raise ValueError(f"short_docs must be one of {sample_index_lib.SHORT_DOCS}, "
-                             f"got {self.short_docs!r}")
+        if self.pose.seed != self.random_seed:
+            raise ValueError(f"pose.seed ({self.pose.seed}) must equal random_seed "
+                             f"({self.random_seed}): one seed drives the sample order and the "
+                             "positions")
         if self.reset_position_ids or self.reset_attention_mask or self.eod_mask_loss:
             raise ValueError("PoSE samples set their own position ids: reset_position_ids, "
                              "reset_attention_mask and eod_mask_loss must be False")
@@ -208,13 +199,16 @@ class PoseGPTDataset(MegatronDataset):
                          config)
         # MegatronDataset keys caches on the path and config only; add the corpus content (the
         # same JSON + MD5 as MegatronDataset, so blends built on top see it too).
+        for key in _POSE_CACHE_KEYS:  # after Megatron's keys: cache names of earlier runs hold
+            self.unique_identifiers[key] = getattr(config.pose, key)
         self.unique_identifiers["corpus"] = corpus_fingerprint(indexed_dataset.path_prefix)
         self.unique_description = json.dumps(
             self.unique_identifiers, indent=4, default=lambda obj: obj.unique_identifiers)
         self.unique_description_hash = hashlib.md5(
             self.unique_description.encode("utf-8"), usedforsecurity=False).hexdigest()
-        self.train_len = config.train_len
-        self.pose_seed = int(config.random_seed)
+        self.pose = config.pose
+        self.train_len = config.pose.train_len
+        self.pose_seed = config.pose.seed
         self._lengths = np.asarray(indexed_dataset.sequence_lengths)
         self.index = self._build_or_load_index()
         self._block = -1
@@ -239,9 +233,7 @@ class PoseGPTDataset(MegatronDataset):
     def _key_config_attributes() -> List[str]:
         from pose_megatron.megatron_compat import dataset_key_config_attributes
 
-        return dataset_key_config_attributes() + [
-            "train_len", "target_len", "num_chunks", "scheme", "content_offset", "short_docs",
-            "max_doc_len"]
+        return dataset_key_config_attributes()
 
     # -- index ---------------------------------------------------------------------------------
 
@@ -262,7 +254,7 @@ class PoseGPTDataset(MegatronDataset):
         if end - beg != indices.size or not np.all(np.diff(indices) == 1):
             raise ValueError(
                 f"{source}: PoseGPTDataset needs a contiguous document range per split")
-        packed = self.config.short_docs == "pack"
+        packed = self.pose.short_docs == "pack"
         prefix = self._cache_prefix()
         description = prefix + "-description.json"
         if os.path.isfile(description):  # written last, so its presence means a complete index
@@ -277,7 +269,7 @@ class PoseGPTDataset(MegatronDataset):
             lengths_or_idx = source if use_cpp else self._lengths
             index = sample_index_lib.build(
                 lengths_or_idx, beg, end, self.train_len, self.num_samples, self.pose_seed,
-                self.config.short_docs, backend="cpp" if use_cpp else "numpy",
+                self.pose.short_docs, backend="cpp" if use_cpp else "numpy",
                 threads=self.config.index_threads, source=source)
             index.save(prefix)
             meta = {"epochs": index.epochs, "num_samples": index.num_samples,
@@ -308,15 +300,9 @@ class PoseGPTDataset(MegatronDataset):
         """(position_ids [L], token_index [L]) of sample idx, generated a block at a time."""
         block = idx // _BLOCK
         if block != self._block:
-            from pose_megatron.positions import pose_position_ids_batch
-
             lo, hi = block * _BLOCK, min(len(self), (block + 1) * _BLOCK)
             doc_lens = [self.document_length(i) for i in range(lo, hi)]
-            batch = pose_position_ids_batch(
-                self.train_len, self.config.target_len, np.arange(lo, hi), doc_lens=doc_lens,
-                num_chunks=self.config.num_chunks, scheme=self.config.scheme,
-                content_offset=self.config.content_offset, seed=self.pose_seed,
-                max_doc_len=self.config.max_doc_len)
+            batch = self.pose.batch(np.arange(lo, hi), doc_lens)
             self._block, self._block_lo = block, lo
             self._block_positions, self._block_token_index = batch.position_ids, batch.token_index
         row = idx - self._block_lo
@@ -371,16 +357,16 @@ class PoseGPTDataset(MegatronDataset):
         return sample
 
 
-def build_datasets(data_path, tokenizer, *, train_len: int, target_len: int, sizes,
-                   split: str = "969,30,1", seed: int = 1234, path_to_cache: Optional[str] = None,
-                   is_built_on_rank=None, **pose_fields):
+def build_datasets(data_path, tokenizer, pose: PoseSettings, *, sizes, split: str = "969,30,1",
+                   path_to_cache: Optional[str] = None, is_built_on_rank=None, **fields):
     """(train, valid, test) PoSE datasets from a Megatron-style ``--data-path`` list.
 
     ``data_path`` is ``["prefix", ...]`` or ``["weight", "prefix", ...]`` (Megatron's blend
-    list); ``tokenizer`` a ``PoseTokenizer`` or a path for ``load_tokenizer``; ``sizes`` the
-    samples per split (``[train, valid, test]``); ``pose_fields`` any ``PoseDatasetConfig``
-    field (``num_chunks``, ``scheme``, ``short_docs``, ``create_attention_mask``...). Call it on
-    every rank: rank 0 builds the indexes first, the others then memory-map them.
+    list); ``tokenizer`` a ``PoseTokenizer`` or a path for ``load_tokenizer``; ``pose`` the PoSE
+    sampling (its seed is the data seed); ``sizes`` the samples per split (``[train, valid,
+    test]``); ``fields`` any other ``PoseDatasetConfig`` field (``create_attention_mask``,
+    ``index_backend``...). Call it on every rank: rank 0 builds the indexes first, the others then
+    memory-map them.
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import (
         BlendedMegatronDatasetBuilder)
@@ -392,9 +378,8 @@ def build_datasets(data_path, tokenizer, *, train_len: int, target_len: int, siz
         data_path = data_path.split()
     if not isinstance(tokenizer, PoseTokenizer):
         tokenizer = load_tokenizer(tokenizer)
-    config = PoseDatasetConfig(
-        random_seed=seed, sequence_length=train_len, target_len=target_len,
-        blend=get_blend_from_list(list(data_path)), split=split, tokenizer=tokenizer,
-        path_to_cache=path_to_cache, **pose_fields)
+    config = PoseDatasetConfig.for_settings(
+        pose, blend=get_blend_from_list(list(data_path)), split=split, tokenizer=tokenizer,
+        path_to_cache=path_to_cache, **fields)
     return BlendedMegatronDatasetBuilder(
         PoseGPTDataset, list(sizes), is_built_on_rank or (lambda: True), config).build()

@@ -32,11 +32,12 @@ from typing import Optional
 
 import numpy as np
 
+from pose_megatron.positions import SHORT_DOCS
+
 _MASK64 = (1 << 64) - 1
 _ROUNDS = 4
 _BLOCK = 1 << 22  # entries per NumPy block: bounds the reference's temporaries to ~100 MB
 
-SHORT_DOCS = ("skip", "pack")
 
 try:  # the C++ twin, built by setup.py from csrc/sample_index.cpp
     from pose_megatron import _sample_index as _cpp

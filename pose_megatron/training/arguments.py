@@ -29,6 +29,9 @@ _ROPE_PARAMETER_FLAGS = {
 }
 ROPE_FLAG_DESTS = ("rope_scaling_type", "rope_scaling_factor", "rope_original_max_position",
                    *_ROPE_PARAMETER_FLAGS)
+# The PoSE flags' dests: what PoseSettings.from_flags reads (with --seed).
+POSE_FLAG_DESTS = ("pose_train_len", "pose_target_len", "pose_num_chunks", "pose_scheme",
+                   "pose_content_offset", "pose_short_docs", "pose_max_doc_len")
 # LLaMA 3.1's published values (HF's and Megatron-Core's defaults for llama3 scaling).
 LLAMA3_DEFAULTS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
 
@@ -42,7 +45,7 @@ def add_pose_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     such a flag's default is set to this function's, so an unset flag means the same in both
     entry points ("derive it from --pose-target-len").
     """
-    from pose_megatron.positions import CONTENT_OFFSETS, SCHEMES
+    from pose_megatron.positions import CONTENT_OFFSETS, SCHEMES, SHORT_DOCS
 
     existing = set(parser._option_string_actions)  # noqa: SLF001 - argparse has no public query
     g = parser.add_argument_group("PoSE", "Positional Skip-wise training (arXiv 2309.10400)")
@@ -67,7 +70,7 @@ def add_pose_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     add("--pose-content-offset", choices=CONTENT_OFFSETS, default="random",
         help="where each chunk's tokens come from in the document: random (reference), zero "
              "(contiguous), equal_u (content skips like the positions)")
-    add("--pose-short-docs", choices=("skip", "pack"), default="skip",
+    add("--pose-short-docs", choices=SHORT_DOCS, default="skip",
         help="documents shorter than --pose-train-len: skip them (the paper's data has none), "
              "or pack consecutive ones into one sample")
     add("--pose-max-doc-len", type=int, default=None,

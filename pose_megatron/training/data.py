@@ -14,49 +14,36 @@ from typing import Iterator, Optional
 import numpy as np
 
 from pose_megatron.errors import UsageError
+from pose_megatron.positions import PoseSettings
 from pose_megatron.training.batch import collate
 
 
 class SyntheticPoseDataset:
     """Random-token documents cut into PoSE samples; item ``i`` depends only on (seed, i).
 
-    Each item is a dict of numpy arrays of length ``train_len``, with the contract of
+    Each item is a dict of numpy arrays of length ``pose.train_len``, with the contract of
     ``pose_megatron.data.pose_dataset``: ``tokens``, ``labels`` (``labels[j] = tokens[j+1]``, so the
     last token of a chunk predicts the first of the next, unmasked, as in the reference; the last
     label is the document token after the last chunk), ``loss_mask`` (ones) and ``position_ids``.
     """
 
-    def __init__(self, num_samples: int, vocab_size: int, train_len: int, target_len: int, *,
-                 doc_len: Optional[int] = None, num_chunks: int = 2, scheme: str = "reference",
-                 content_offset: str = "random", seed: int = 0):
-        from pose_megatron.positions import validate
-
-        validate(train_len, target_len, num_chunks=num_chunks, scheme=scheme,
-                 content_offset=content_offset, seed=seed)
+    def __init__(self, num_samples: int, vocab_size: int, pose: PoseSettings, *,
+                 doc_len: Optional[int] = None):
         self.num_samples = num_samples
         self.vocab_size = vocab_size
-        self.train_len = train_len
-        self.target_len = target_len
-        self.doc_len = doc_len or max(train_len, min(target_len, 5 * train_len))
-        self.num_chunks = num_chunks
-        self.scheme = scheme
-        self.content_offset = content_offset
-        self.seed = seed
+        self.pose = pose
+        self.doc_len = doc_len or pose.synthetic_doc_len
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __getitem__(self, index: int) -> dict:
-        from pose_megatron.positions import pose_position_ids
-
         if not 0 <= index < self.num_samples:
             raise IndexError(f"sample {index} out of range for {self.num_samples} samples")
-        rng = np.random.default_rng([self.seed, index])
+        rng = np.random.default_rng([self.pose.seed, index])
         # +1 so the last sample token has a next token to predict.
         doc = rng.integers(0, self.vocab_size, self.doc_len + 1, dtype=np.int64)
-        sample = pose_position_ids(
-            self.train_len, self.target_len, doc_len=self.doc_len, num_chunks=self.num_chunks,
-            scheme=self.scheme, content_offset=self.content_offset, seed=self.seed, index=index)
+        sample = self.pose.sample(index, self.doc_len)
         src = sample.token_index
         tokens = doc[src]
         return {
@@ -139,7 +126,7 @@ def check_data_inputs(args, vocab_size: int):
     return tokenizer
 
 
-def build_megatron_dataset(args, vocab_size: int, num_samples: int):
+def build_megatron_dataset(args, pose: PoseSettings, vocab_size: int, num_samples: int):
     """The training split of ``--data-path`` (Megatron blend syntax) as PoseGPTDatasets."""
     from megatron.core.datasets.blended_megatron_dataset_builder import (
         BlendedMegatronDatasetBuilder)
@@ -148,12 +135,8 @@ def build_megatron_dataset(args, vocab_size: int, num_samples: int):
     from pose_megatron.data.pose_dataset import PoseDatasetConfig, PoseGPTDataset
 
     tokenizer = check_data_inputs(args, vocab_size)
-    config = PoseDatasetConfig(
-        random_seed=args.seed, sequence_length=args.pose_train_len,
-        target_len=args.pose_target_len, blend=get_blend_from_list(args.data_path),
-        split=args.split, tokenizer=tokenizer, num_chunks=args.pose_num_chunks,
-        scheme=args.pose_scheme, content_offset=args.pose_content_offset,
-        short_docs=args.pose_short_docs, max_doc_len=args.pose_max_doc_len,
+    config = PoseDatasetConfig.for_settings(
+        pose, blend=get_blend_from_list(args.data_path), split=args.split, tokenizer=tokenizer,
         path_to_cache=args.data_cache_path)
     from megatron.core import parallel_state as ps
 

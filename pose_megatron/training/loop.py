@@ -21,17 +21,17 @@ import torch
 import torch.distributed as dist
 
 from pose_megatron.config import ModelArgs
-from pose_megatron.training import checkpointing, logging_utils
-from pose_megatron.training.arguments import model_args_from
-from pose_megatron.errors import UsageError
+from pose_megatron.training import checkpointing, logging_utils, validation
 from pose_megatron.training.batch import get_batch
 from pose_megatron.training.data import (SyntheticPoseDataset, batch_iterator,
                                          build_megatron_dataset)
+from pose_megatron.training.validation import RunPlan
 
 
 @dataclasses.dataclass
 class Trainer:
     args: object
+    plan: RunPlan
     device: str
     model_args: ModelArgs
     model: torch.nn.Module  # DDP-wrapped chunk
@@ -46,49 +46,10 @@ class Trainer:
     started: float = dataclasses.field(default_factory=time.monotonic)
 
 
-def check_device_support(args, device: str) -> None:
-    """Refuse, with the flag to change, what cannot run on this device."""
-    if device == "cpu":
-        unsupported = [
-            (args.use_distributed_optimizer, "--use-distributed-optimizer",
-             "Megatron-Core's distributed optimizer asserts CUDA tensors"),
-            (args.sequence_parallel, "--sequence-parallel",
-             "sequence parallelism needs Transformer Engine's LayerNorm"),
-            (args.context_parallel_size > 1, "--context-parallel-size > 1",
-             "context-parallel attention is Transformer Engine's"),
-            (args.bf16, "--bf16", "bf16 training is the GPU path; the CPU path trains in fp32"),
-            (args.transformer_impl == "transformer_engine", "--transformer-impl transformer_engine",
-             "Transformer Engine needs CUDA"),
-        ]
-        for bad, flag, why in unsupported:
-            if bad:
-                raise UsageError(f"{flag} cannot run on the CPU ({why}); drop the flag or "
-                                 "run on a GPU")
-    elif args.context_parallel_size > 1 or args.sequence_parallel:
-        from pose_megatron.model import have_transformer_engine
-
-        if not have_transformer_engine():
-            raise UsageError("--context-parallel-size > 1 and --sequence-parallel need "
-                             "Transformer Engine (import transformer_engine failed)")
-
-
-def _spec(args, device: str) -> str:
-    from pose_megatron.model import have_transformer_engine
-
-    if args.transformer_impl == "local":
-        return "local"
-    if args.transformer_impl == "transformer_engine":
-        return "te"
-    return "te" if device == "cuda" and have_transformer_engine() else "local"
-
-
-def build_dataset(args, model_args: ModelArgs, num_samples: int):
+def build_dataset(args, plan: RunPlan, num_samples: int):
     if args.mock_data:
-        return SyntheticPoseDataset(
-            max(num_samples, 1), model_args.vocab_size, args.pose_train_len, args.pose_target_len,
-            num_chunks=args.pose_num_chunks, scheme=args.pose_scheme,
-            content_offset=args.pose_content_offset, seed=args.seed)
-    return build_megatron_dataset(args, model_args.vocab_size, num_samples)
+        return SyntheticPoseDataset(max(num_samples, 1), plan.model_args.vocab_size, plan.pose)
+    return build_megatron_dataset(args, plan.pose, plan.model_args.vocab_size, num_samples)
 
 
 def optimizer_step(optimizer, clip_grad: float, device: str):
@@ -137,52 +98,6 @@ def _flag(args, name: str) -> bool:
     return bool(getattr(args, name, False))
 
 
-# LR-schedule entries of Megatron-Core's OptimizerParamScheduler state -> the flag that sets them
-_SCHEDULE_FLAGS = (("max_lr", "lr", "--lr"), ("min_lr", "min_lr", "--min-lr"),
-                   ("lr_warmup_steps", "lr_warmup_iters", "--lr-warmup-iters"),
-                   ("lr_decay_steps", "lr_decay_iters", "--lr-decay-iters (default --train-iters)"),
-                   ("lr_decay_style", "lr_decay_style", "--lr-decay-style"))
-
-
-def _schedule_differences(args, saved_schedule: dict) -> list:
-    out = []
-    for key, attr, flag in _SCHEDULE_FLAGS:
-        if key in saved_schedule and saved_schedule[key] != getattr(args, attr):
-            out.append(f"{flag} {getattr(args, attr)} (checkpoint: {saved_schedule[key]})")
-    return out
-
-
-def check_resume_settings(args, saved, model_args: ModelArgs) -> None:
-    """Refuse a resume whose flags would silently differ from what the checkpoint continues.
-
-    Resuming continues the checkpoint's LR schedule, optimizer moments and RoPE. Flags that ask
-    for something else are refused unless an explicit flag says which side wins (Megatron-LM's
-    --override-opt-param-scheduler / --use-checkpoint-opt-param-scheduler, --no-load-optim).
-    """
-    where = f"--load {args.load} (iteration {saved.tracker})"
-    schedule = saved.common.get("opt_param_scheduler") or {}
-    changed = _schedule_differences(args, schedule)
-    if changed and not (_flag(args, "override_opt_param_scheduler")
-                        or _flag(args, "use_checkpoint_opt_param_scheduler")):
-        raise UsageError(
-            f"{where}: the LR schedule flags differ from the checkpoint's: "
-            f"{'; '.join(changed)}; pass --use-checkpoint-opt-param-scheduler to continue the "
-            "checkpoint's schedule or --override-opt-param-scheduler to apply the flags")
-    if not saved.has_optimizer and not _flag(args, "no_load_optim"):
-        raise UsageError(
-            f"{where} was saved without optimizer state (--no-save-optim); pass "
-            "--no-load-optim to resume with a fresh optimizer, or --finetune to start a new run "
-            "from its weights")
-    if model_args != saved.model_args and not _flag(args, "override_rope_scaling"):
-        old, new = saved.model_args.to_dict(), model_args.to_dict()
-        diff = "; ".join(f"{k} {new[k]} (checkpoint: {old[k]})" for k in old if old[k] != new[k])
-        raise UsageError(
-            f"{where}: --rope-scaling-* flags change the model's RoPE: {diff}; resuming "
-            "continues the checkpoint's RoPE: drop those flags, or pass --override-rope-scaling "
-            "to continue training with the new RoPE (later iterations are labelled with it), or "
-            "--finetune to start a new run")
-
-
 def describe_resume(args, saved, state: dict, scheduler, model_args: ModelArgs) -> str:
     """One line saying what a resumed run keeps from the checkpoint and what it replaces."""
     sched = scheduler.state_dict()
@@ -201,11 +116,22 @@ def describe_resume(args, saved, state: dict, scheduler, model_args: ModelArgs) 
 
 
 def setup(args) -> Trainer:
+    """Validate (every refusal, before any process group), build, restore, then the data."""
     from pose_megatron.training import startup
 
     started = time.monotonic()
     startup.filter_startup_warnings()  # before Megatron-Core's first import emits them
-    startup.check_before_start(args)  # flag-only refusals, before any process group starts
+    plan = validation.validate(args)
+    trainer = build(args, plan, started)
+    if args.load:
+        restore(trainer)
+    trainer.dataset = build_dataset(args, plan, args.train_iters * plan.global_batch_size)
+    startup.print_settings(trainer)
+    return trainer
+
+
+def build(args, plan: RunPlan, started: float) -> Trainer:
+    """Process groups, the model chunk in DDP, optimizer and LR schedule, as ``plan`` says."""
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import (DistributedDataParallel,
                                            DistributedDataParallelConfig, finalize_model_grads)
@@ -213,37 +139,13 @@ def setup(args) -> Trainer:
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     from pose_megatron import parallel
+    from pose_megatron.model import build_model
 
-    device = args.device or parallel.default_device()
-    check_device_support(args, device)
+    device = plan.device
     parallel.initialize(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                         args.context_parallel_size, device=device, seed=args.seed)
-
     save_lock = checkpointing.lock_save_dir(args.save) if args.save else None
-    saved = checkpointing.inspect_checkpoint(args.load) if args.load else None
-    if saved is not None and saved.hybrid_pattern and args.model_class != "hybrid":
-        raise UsageError(
-            f"--load {args.load} was saved by a HybridModel run (layers "
-            f"{saved.hybrid_pattern}); pass --model-class hybrid (megatron-core >= 0.19) to load it")
-    resuming = saved is not None and not saved.release and not args.finetune
-    model_args = model_args_from(args, saved.model_args if saved else None)
-    if resuming:
-        check_resume_settings(args, saved, model_args)
-    if args.pose_target_len > model_args.max_position:
-        raise UsageError(
-            f"--pose-target-len {args.pose_target_len} exceeds the model's RoPE range "
-            f"{model_args.max_position} (original window x rope factor); set "
-            "--rope-scaling-type (linear, yarn, ...) and/or --rope-scaling-factor")
-
-    dp = ps.get_data_parallel_world_size()
-    gbs = args.global_batch_size or args.micro_batch_size * dp
-    if gbs % (args.micro_batch_size * dp):
-        raise UsageError(f"--global-batch-size {gbs} is not a multiple of "
-                         f"--micro-batch-size {args.micro_batch_size} * data-parallel size {dp}")
-    args.global_batch_size = gbs
-    if args.pose_train_len % (2 * args.context_parallel_size) and args.context_parallel_size > 1:
-        raise UsageError(f"--pose-train-len {args.pose_train_len} must be a multiple of "
-                         f"2 * --context-parallel-size = {2 * args.context_parallel_size}")
+    args.global_batch_size = plan.global_batch_size
 
     params_dtype = torch.bfloat16 if args.bf16 else torch.float32
     overrides = dict(
@@ -257,11 +159,9 @@ def setup(args) -> Trainer:
     if args.recompute_activations:
         overrides.update(recompute_granularity="full", recompute_method="uniform",
                          recompute_num_layers=1)
-    from pose_megatron.model import build_model
-
     chunk = build_model(
-        model_args, pre_process=ps.is_pipeline_first_stage(),
-        post_process=ps.is_pipeline_last_stage(), spec=_spec(args, device),
+        plan.model_args, pre_process=ps.is_pipeline_first_stage(),
+        post_process=ps.is_pipeline_last_stage(), spec=plan.spec,
         params_dtype=params_dtype, model_class=args.model_class, **overrides)
     chunk.to(device)
     config = chunk.config
@@ -285,7 +185,7 @@ def setup(args) -> Trainer:
         lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay,
         end_wd=args.weight_decay, wd_incr_steps=args.train_iters, wd_incr_style="constant",
         wsd_decay_steps=max(1, args.lr_decay_iters // 10), lr_wsd_decay_style="linear",
-        # check_resume_settings has refused differences neither flag allows
+        # validation.check_resume_settings has refused differences neither flag allows
         use_checkpoint_opt_param_scheduler=not _flag(args, "override_opt_param_scheduler"),
         override_opt_param_scheduler=_flag(args, "override_opt_param_scheduler"))
 
@@ -293,26 +193,27 @@ def setup(args) -> Trainer:
     config.no_sync_func = model.no_sync
     if args.bf16:
         config.grad_scale_func = optimizer.scale_loss
+    return Trainer(started=started, args=args, plan=plan, device=device,
+                   model_args=plan.model_args, model=model, optimizer=optimizer,
+                   scheduler=scheduler, dataset=None, num_microbatches=plan.num_microbatches,
+                   save_lock=save_lock)
 
-    num_micro = gbs // (args.micro_batch_size * dp)
-    trainer = Trainer(started=started, args=args, device=device, model_args=model_args, model=model,
-                      optimizer=optimizer, scheduler=scheduler, dataset=None,
-                      num_microbatches=num_micro, save_lock=save_lock)
-    if args.load:
-        state = checkpointing.load_checkpoint(
-            args.load, model, optimizer, scheduler, finetune=args.finetune,
-            load_optim=not _flag(args, "no_load_optim"), saved=saved)
-        trainer.iteration = state["iteration"]
-        trainer.consumed_train_samples = state["consumed_train_samples"]
-        if dist.get_rank() == 0:
-            what = "model of release checkpoint" if state["release"] else \
-                f"iteration {state['iteration']}"
-            print(f"loaded {what} from {args.load}", flush=True)
-            if resuming:
-                print(describe_resume(args, saved, state, scheduler, model_args), flush=True)
-    trainer.dataset = build_dataset(args, model_args, args.train_iters * gbs)
-    startup.print_settings(trainer, _spec(args, device))
-    return trainer
+
+def restore(trainer: Trainer) -> None:
+    """Weights (and, resuming, optimizer, schedule, RNG and data position) from ``--load``."""
+    args, plan = trainer.args, trainer.plan
+    state = checkpointing.load_checkpoint(
+        args.load, trainer.model, trainer.optimizer, trainer.scheduler, finetune=args.finetune,
+        load_optim=not _flag(args, "no_load_optim"), saved=plan.saved)
+    trainer.iteration = state["iteration"]
+    trainer.consumed_train_samples = state["consumed_train_samples"]
+    if dist.get_rank() == 0:
+        what = "model of release checkpoint" if state["release"] else \
+            f"iteration {state['iteration']}"
+        print(f"loaded {what} from {args.load}", flush=True)
+        if plan.resuming:
+            print(describe_resume(args, plan.saved, state, trainer.scheduler, plan.model_args),
+                  flush=True)
 
 
 def _data_iterator(trainer: Trainer) -> Optional[Iterator]:
