@@ -88,6 +88,25 @@ def atomic_file(path: str, binary: bool = False) -> Iterator:
     fsync_dir(directory)
 
 
+def move_into_place(src: str, dst: str) -> None:
+    """Publish the finished ``src`` (a file or a directory beside ``dst``) as ``dst`` in one
+    rename, durably. A file ``dst`` is replaced; a directory ``dst`` must be gone already."""
+    os.replace(src, dst)
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copy the directory ``src`` to a new ``dst``: all of it appears at once or none of it."""
+    tmp = f"{temp_file_prefix(dst)}.{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(src, tmp)
+        fsync_tree(tmp)
+        move_into_place(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_text(path: str, text: str) -> None:
     """Replace the file ``path`` by ``text`` atomically and durably."""
     with atomic_file(path) as f:

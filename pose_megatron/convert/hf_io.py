@@ -16,6 +16,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from pose_megatron import publish
+
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
     "added_tokens.json", "vocab.json", "merges.txt", "generation_config.json",
@@ -293,13 +295,14 @@ class HFWriter:
         self._drain()
         n = len(self._shards)
         if n == 1:
-            os.replace(os.path.join(self.directory, self._shards[0][0]),
-                       os.path.join(self.directory, "model.safetensors"))
+            publish.move_into_place(os.path.join(self.directory, self._shards[0][0]),
+                                    os.path.join(self.directory, "model.safetensors"))
             return
         weight_map = {}
         for i, (tmp, names) in enumerate(self._shards):
             final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            os.replace(os.path.join(self.directory, tmp), os.path.join(self.directory, final))
+            publish.move_into_place(os.path.join(self.directory, tmp),
+                                    os.path.join(self.directory, final))
             weight_map.update({t: final for t in names})
         with open(os.path.join(self.directory, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map},

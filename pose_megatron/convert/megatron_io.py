@@ -237,9 +237,9 @@ def write_legacy(
             rank_dir = os.path.join(path, rank_dir_name(tp_rank, pp_rank, pp))
             os.makedirs(rank_dir, exist_ok=True)
             target = os.path.join(rank_dir, "model_optim_rng.pt")
-            torch.save({"model": state, "checkpoint_version": CHECKPOINT_VERSION,
-                        "iteration": iteration, "args": lm_args}, target + ".tmp")
-            os.replace(target + ".tmp", target)
+            with publish.atomic_file(target, binary=True) as f:
+                torch.save({"model": state, "checkpoint_version": CHECKPOINT_VERSION,
+                            "iteration": iteration, "args": lm_args}, f)
             del state
         cache.clear()
 

@@ -26,6 +26,8 @@ import sysconfig
 import time
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from pose_megatron import publish
+
 _SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "__pycache__", "dist-packages"}
 
 
@@ -58,13 +60,11 @@ def stdlib_documents(root: Optional[str] = None, max_docs: Optional[int] = None
 
 def write_jsonl(path: str, root: Optional[str] = None, max_docs: Optional[int] = None) -> int:
     docs = stdlib_documents(root, max_docs)
-    tmp = path + ".tmp"
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with publish.atomic_file(path) as f:
         for rel, text in docs:
             f.write(json.dumps({"text": text, "path": rel}) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 
@@ -90,10 +90,8 @@ def train_tokenizer(jsonl: str, model_path: str, vocab_size: int = 2000,
         remove_extra_whitespaces=False, normalization_rule_name="identity",
         user_defined_symbols=["\n", "\t"], split_digits=True,
         max_sentence_length=16384, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
-    tmp_model = model_path + ".tmp"
-    with open(tmp_model, "wb") as dst:
+    with publish.atomic_file(model_path, binary=True) as dst:
         dst.write(model.getvalue())
-    os.replace(tmp_model, model_path)
 
 
 def build_corpus(out_dir: str, *, vocab_size: int = 2000, max_docs: Optional[int] = None,

@@ -47,6 +47,7 @@ from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, get_bi
 from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.datasets.utils import Split
 
+from pose_megatron import publish
 from pose_megatron.data import sample_index as sample_index_lib
 from pose_megatron.positions import PoseSettings
 
@@ -274,10 +275,8 @@ class PoseGPTDataset(MegatronDataset):
             index.save(prefix)
             meta = {"epochs": index.epochs, "num_samples": index.num_samples,
                     "description": json.loads(self.unique_description)}
-            tmp = f"{description}.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
+            with publish.atomic_file(description) as f:
                 json.dump(meta, f, indent=2, default=str)
-            os.replace(tmp, description)
             logger.info("built the PoSE sample index %s (%d samples, %d epochs) in %.2f s",
                         prefix, index.num_samples, index.epochs, time.time() - t0)
         if self.config.max_epochs is not None and index.epochs > self.config.max_epochs:

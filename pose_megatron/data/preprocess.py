@@ -359,8 +359,8 @@ def preprocess(
                 raise ValueError(f"{input_path}: empty corpus (no JSON lines with {key!r})")
             prefix, tmp = final[key]
             writers[key].finalize(tmp + ".idx")
-            os.replace(tmp + ".bin", prefix + ".bin")
-            os.replace(tmp + ".idx", prefix + ".idx")
+            publish.move_into_place(tmp + ".bin", prefix + ".bin")
+            publish.move_into_place(tmp + ".idx", prefix + ".idx")
     finally:
         blocks.stop()
         if pool is not None:

@@ -190,8 +190,7 @@ def _publish(root: str, tmp: str, final: str, model_args: ModelArgs, tracker: st
         publish.fsync_tree(tmp)
         if os.path.exists(final):
             shutil.rmtree(final)
-        os.replace(tmp, final)
-        publish.fsync_dir(root)
+        publish.move_into_place(tmp, final)
         publish.write_text(os.path.join(root, TRACKER), tracker)
     _barrier()
 

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from pose_megatron.config import ModelArgs
+from pose_megatron import publish
 from pose_megatron.training import checkpointing, logging_utils, validation
 from pose_megatron.training.batch import get_batch
 from pose_megatron.training.data import (SyntheticPoseDataset, batch_iterator,
@@ -274,8 +275,7 @@ def save(trainer: Trainer) -> None:
         src = os.path.join(args.load, "tokenizer") if args.load else None
         dst = os.path.join(args.save, "tokenizer")
         if src and os.path.isdir(src) and not os.path.exists(dst):
-            shutil.copytree(src, dst + ".tmp", dirs_exist_ok=True)
-            os.replace(dst + ".tmp", dst)
+            publish.copy_tree(src, dst)
         print(f"saved iteration {trainer.iteration} to {args.save}", flush=True)
 
 
