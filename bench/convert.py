@@ -99,10 +99,11 @@ STARTUP = """
 import sys
 sys.argv = ['convert']
 import torch, tqdm
-from pose_megatron.convert import api, megatron_io
+from pose_megatron.checkpoint import store
+from pose_megatron.convert import api
 import megatron.core  # as write_dist and DistReader import it
 from megatron.core import dist_checkpointing
-megatron_io._ensure_process_group()()
+store._ensure_process_group()()
 """
 
 

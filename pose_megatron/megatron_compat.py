@@ -29,7 +29,7 @@ Not private by name, but marked ``@internal_api`` by Megatron-Core:
 Public, but used for a difference between releases:
 
 ``megatron.core.dist_checkpointing.strategies.common.TorchCommonLoadStrategy``
-    Subclassed by ``convert.megatron_io.load_sharded`` on 0.16 only, to read tensors of a
+    Subclassed by ``checkpoint.store.load_sharded`` on 0.16 only, to read tensors of a
     checkpoint saved by 0.19 (Megatron-Bridge saves with it): 0.19 keeps the common state inside
     the .distcp files and writes no common.pt, which 0.16's ``load`` reads first. The subclass
     reads no common state; ``load``'s ``common_strategy`` argument is the documented way in.

@@ -348,15 +348,3 @@ def compute_inv_freq(
 def depends_on_positions(rope_scaling: Optional[dict]) -> bool:
     """True when the frequencies change with the largest position id of the batch."""
     return rope_type_of(rope_scaling) in ("dynamic", "longrope")
-
-
-def reference_cos_sin(
-    position_ids: torch.Tensor, inv_freq: torch.Tensor, attention_scaling: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """HF-layout cos/sin ``[..., 2 * len(inv_freq)]`` for integer positions, in inv_freq's dtype.
-
-    The plain statement of what the rotary modules compute; tests and benchmarks use it.
-    """
-    freqs = position_ids[..., None].to(inv_freq.dtype) * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos() * attention_scaling, emb.sin() * attention_scaling

@@ -402,7 +402,7 @@ def _make_corpora(root):
 
 def test_training_resume_and_checkpoint_cases(project, tmp_path, capsys):
     from pose_megatron.config import ModelArgs
-    from pose_megatron.training import checkpointing
+    from pose_megatron.checkpoint import resumable, store
     from tests.distributed import run_distributed
 
     converted, legacy = tmp_path / "converted", tmp_path / "legacy"
@@ -447,7 +447,8 @@ def test_training_resume_and_checkpoint_cases(project, tmp_path, capsys):
     s1 = tmp_path / "s1"
     assert ModelArgs.load(str(s1 / "iter_0000002")).rope_scaling["rope_type"] == "linear"
     assert ModelArgs.load(str(s1 / "iter_0000003")).rope_scaling["rope_type"] == "ntk"
-    assert checkpointing.load_model_args(str(s1)).rope_scaling["rope_type"] == "ntk"
+    assert store.model_args_of(str(s1), store.resolve_iteration_dir(str(s1))).rope_scaling[
+        "rope_type"] == "ntk"
     assert _run(to_hf.convert, ["--megatron-dir", str(s1), "--iteration", "2", "--out",
                                 str(tmp_path / "iter2_hf"), "--no-progress"], capsys)[0] == 0
     exported = json.loads((tmp_path / "iter2_hf" / "config.json").read_text())
@@ -459,15 +460,15 @@ def test_training_resume_and_checkpoint_cases(project, tmp_path, capsys):
     assert by_name["first save into --load"][0] == 0, by_name["first save into --load"][1]
     assert (converted / "pose_model.json").read_text() == base
     assert ModelArgs.load(str(converted)).rope_scaling is None
-    assert checkpointing.read_tracker(str(converted)) == 1
+    assert resumable.read_tracker(str(converted)) == 1
     assert ModelArgs.load(str(converted / "iter_0000001")).rope_scaling["rope_type"] == "linear"
     assert megatron_args_of_release(converted).rope_scaling is None
 
 
 def megatron_args_of_release(ckpt):
-    from pose_megatron.convert import megatron_io
+    from pose_megatron.checkpoint import store
 
-    return megatron_io.model_args_of(str(ckpt), str(ckpt / "release"))
+    return store.model_args_of(str(ckpt), str(ckpt / "release"))
 
 
 # ----------------------------------------------------------------------------- a really full disk

@@ -19,7 +19,8 @@ import torch
 import yaml
 
 from pose_megatron import errors
-from pose_megatron.convert import bridge, megatron_io
+from pose_megatron.checkpoint import store
+from pose_megatron.convert import bridge
 from tests.distributed import run_distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,8 +69,8 @@ def test_model_args_from_bridges_run_config():
 def test_bridge_iteration_is_found_as_bridges_loader_finds_it(tmp_path):
     assert bridge.has_run_config(BRIDGE_ITER) and not bridge.has_run_config(BRIDGE_CKPT)
     assert bridge.tracker_iteration(BRIDGE_CKPT) == 0
-    assert megatron_io.resolve_iteration_dir(BRIDGE_CKPT) == BRIDGE_ITER
-    assert megatron_io.resolve_iteration_dir(BRIDGE_ITER) == BRIDGE_ITER  # an iter dir given
+    assert store.resolve_iteration_dir(BRIDGE_CKPT) == BRIDGE_ITER
+    assert store.resolve_iteration_dir(BRIDGE_ITER) == BRIDGE_ITER  # an iter dir given
     # latest_train_state.pt names the iteration, as in Bridge's loader
     ckpt = tmp_path / "ckpt"
     shutil.copytree(BRIDGE_CKPT, ckpt)
@@ -78,15 +79,15 @@ def test_bridge_iteration_is_found_as_bridges_loader_finds_it(tmp_path):
     state = torch.load(os.path.join(BRIDGE_CKPT, "latest_train_state.pt"), weights_only=True)
     state["step"] = torch.tensor(7)
     torch.save(state, ckpt / "latest_train_state.pt")
-    assert megatron_io.resolve_iteration_dir(str(ckpt)) == str(ckpt / "iter_0000007")
+    assert store.resolve_iteration_dir(str(ckpt)) == str(ckpt / "iter_0000007")
     (ckpt / "latest_checkpointed_iteration.txt").write_text("0")  # one tracker left behind
     with pytest.raises(ValueError, match="names iteration 7, latest_checkpointed_iteration.txt "
                                          "'0': pass --iteration"):
-        megatron_io.resolve_iteration_dir(str(ckpt))
-    assert megatron_io.resolve_iteration_dir(str(ckpt), 7) == str(ckpt / "iter_0000007")
+        store.resolve_iteration_dir(str(ckpt))
+    assert store.resolve_iteration_dir(str(ckpt), 7) == str(ckpt / "iter_0000007")
     (ckpt / "latest_train_state.pt").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="latest_train_state.pt: not a Megatron-Bridge train"):
-        megatron_io.resolve_iteration_dir(str(ckpt))
+        store.resolve_iteration_dir(str(ckpt))
 
 
 def _edited_run_config(tmp_path, **model_fields):

@@ -103,7 +103,8 @@ def _parallel_body(rank, world, ckpt, resave, hf_out, tp, pp, model_class):
 
     from pose_megatron import load_megatron_model, parallel
     from pose_megatron.config import ModelArgs
-    from pose_megatron.convert import megatron_io, megatron_to_hf
+    from pose_megatron.checkpoint import store
+    from pose_megatron.convert import megatron_to_hf
 
     parallel.initialize(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     model = load_megatron_model(ckpt, model_class=model_class)
@@ -125,17 +126,17 @@ def _parallel_body(rank, world, ckpt, resave, hf_out, tp, pp, model_class):
             model.set_input_tensor(hidden)
             logits = model(ids, pos)
     # save as a training run at this layout would, then export it back
-    path = os.path.join(resave, megatron_io.iteration_dir(7))
+    path = os.path.join(resave, store.iteration_dir(7))
     os.makedirs(path, exist_ok=True)
     dist.barrier()
     dist_checkpointing.save({"model": model.sharded_state_dict(), "checkpoint_version": 3.0,
                              "iteration": 7}, path)
     if rank == 0:
         ModelArgs.load(ckpt).save(resave)
-        megatron_io.write_tracker(resave, 7)
+        store.write_tracker(resave, 7)
     dist.barrier()
     if model_class == "hybrid":  # the re-save is in the hybrid layout the reader must know
-        assert megatron_io.checkpoint_hybrid_pattern(path) == "*-" * ModelArgs.load(ckpt).num_layers
+        assert store.checkpoint_hybrid_pattern(path) == "*-" * ModelArgs.load(ckpt).num_layers
     megatron_to_hf(resave, f"{hf_out}-rank{rank}", progress=False)
     parallel.destroy()
     return logits
@@ -195,7 +196,7 @@ def _extended_body(rank, world, ckpts):
 def _redescribe_legacy(release, args):
     """Give a legacy checkpoint another RoPE in both places it is described, as a training run
     with that RoPE would have saved it: the settings file and the Megatron-LM args."""
-    from pose_megatron.convert.megatron_io import load_rank_file
+    from pose_megatron.checkpoint.store import load_rank_file
     from pose_megatron.convert.megatron_lm_args import megatron_lm_args
 
     args.save(str(release))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pose_megatron.config import ModelArgs
-from pose_megatron.convert import hf_to_megatron, megatron_io, megatron_to_hf
+from pose_megatron.checkpoint import store
+from pose_megatron.convert import hf_to_megatron, megatron_to_hf
 from tests.test_convert_fixtures import FAMILIES, hf_state, make_hf_model, save_hf_model
 from tests.distributed import run_distributed
 
@@ -45,7 +46,7 @@ def test_legacy_roundtrip_every_tp_pp(family, hf_dirs, tmp_path):
         ranks = sorted(n for n in os.listdir(mg / "release") if n.startswith("mp_rank_"))
         assert len(ranks) == tp * pp
         assert (mg / "latest_checkpointed_iteration.txt").read_text() == "release"
-        blob = megatron_io.load_rank_file(mg / "release" / ranks[-1] / "model_optim_rng.pt")
+        blob = store.load_rank_file(mg / "release" / ranks[-1] / "model_optim_rng.pt")
         assert blob["checkpoint_version"] == 3.0 and blob["iteration"] == 0
         # what Megatron-LM's load_checkpoint compares and --use-checkpoint-args reads
         assert (blob["args"].tensor_model_parallel_size, blob["args"].pipeline_model_parallel_size,
@@ -59,7 +60,7 @@ def test_legacy_shard_contents_follow_megatron_layout(hf_dirs, tmp_path):
     src = hf_dirs["llama3_untied"]
     hf = hf_state(src)
     hf_to_megatron(src, str(tmp_path / "mg"), tp=2, pp=2, fmt="legacy", progress=False)
-    stage1 = megatron_io.load_rank_file(
+    stage1 = store.load_rank_file(
         tmp_path / "mg/release/mp_rank_01_001/model_optim_rng.pt")["model"]
     d = 16
     qkv = stage1["decoder.layers.0.self_attention.linear_qkv.weight"]  # global layer 2
@@ -84,7 +85,7 @@ def test_legacy_te_spec_names_and_tied_last_stage(hf_dirs, tmp_path):
     src = hf_dirs["qwen2"]
     hf = hf_state(src)
     hf_to_megatron(src, str(tmp_path / "mg"), tp=1, pp=2, fmt="legacy", spec="te", progress=False)
-    last = megatron_io.load_rank_file(
+    last = store.load_rank_file(
         tmp_path / "mg/release/mp_rank_00_001/model_optim_rng.pt")["model"]
     assert torch.equal(last["decoder.layers.0.self_attention.linear_qkv.layer_norm_weight"],
                        hf["model.layers.2.input_layernorm.weight"])
@@ -119,9 +120,9 @@ def test_dtype_cast_and_config_roundtrip(hf_dirs, tmp_path):
 def _dist_roundtrips(rank, world, dirs, out_root):
     # torch_dist conversion runs its own one-process group; a spawned process keeps it (and the
     # CPU shims) out of the test runner's process.
-    from pose_megatron.convert import megatron_io
+    from pose_megatron.checkpoint import store
 
-    megatron_io._ensure_process_group()  # kept for the stock model below; conversions reuse it
+    store._ensure_process_group()  # kept for the stock model below; conversions reuse it
     strict = {}
     for family, src in dirs.items():
         mg = os.path.join(out_root, f"{family}-mg")
@@ -130,9 +131,9 @@ def _dist_roundtrips(rank, world, dirs, out_root):
         # a legacy file is exactly a stock GPTModel's state dict (_extra_state included)
         legacy = os.path.join(out_root, f"{family}-legacy")
         hf_to_megatron(src, legacy, fmt="legacy", progress=False)
-        state = megatron_io.load_rank_file(
+        state = store.load_rank_file(
             os.path.join(legacy, "release/mp_rank_00/model_optim_rng.pt"))["model"]
-        model = megatron_io.stock_model(ModelArgs.load(legacy), torch.float32)
+        model = store.converter_model(ModelArgs.load(legacy), torch.float32)
         strict[family] = sorted(set(model.state_dict()) ^ set(state))
         model.load_state_dict(state, strict=True)
     assert strict == {f: [] for f in dirs}, strict

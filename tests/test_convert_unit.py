@@ -337,7 +337,7 @@ def test_views_of_parameters_are_taken_from_the_pieces():
     # write_dist points Megatron's sharded tensors (a parameter, or a view of it such as the
     # SwiGLU factory's fc1 halves) at the converted pieces: exact pieces are used uncopied, any
     # other view is cut from their concatenation the same way.
-    from pose_megatron.convert.megatron_io import _same_view
+    from pose_megatron.checkpoint.store import _same_view
 
     param = torch.empty(6, 4)
     gate, up = torch.randn(3, 4), torch.randn(3, 4)

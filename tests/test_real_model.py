@@ -244,7 +244,9 @@ def _transformers_log(fn):
 def test_export_round_trip(hf_dir, trained, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from pose_megatron.convert import megatron_io, megatron_to_hf, weights
+    from pose_megatron.checkpoint import store
+
+    from pose_megatron.convert import megatron_to_hf, weights
     from pose_megatron.rope import compute_inv_freq
     from tests.test_convert_fixtures import hf_state
 
@@ -253,7 +255,7 @@ def test_export_round_trip(hf_dir, trained, tmp_path):
     megatron_to_hf(ckpt, out, progress=False)
 
     # weights: exactly the trained checkpoint's, in HF layout
-    args, reader, _ = megatron_io.open_checkpoint(ckpt)
+    args, reader, _ = store.open_checkpoint(ckpt)
     got = hf_state(out)
     try:
         for name in weights.megatron_names(args):

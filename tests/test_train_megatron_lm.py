@@ -182,12 +182,12 @@ def _as_saved_by_pretrain(ckpt, **flags):
 
     import torch
 
-    from pose_megatron.convert import megatron_io
+    from pose_megatron.checkpoint import store
 
     for path in glob.glob(os.path.join(ckpt, "**", "pose_model.json"), recursive=True):
         os.remove(path)
     for path in glob.glob(os.path.join(ckpt, "release", "mp_rank_*", "model_optim_rng.pt")):
-        blob = megatron_io.load_rank_file(path)
+        blob = store.load_rank_file(path)
         args = blob["args"]
         vars(args).pop("pose_model", None)  # our converter adds it; a job's args do not have it
         for name, value in flags.items():

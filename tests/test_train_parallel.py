@@ -27,13 +27,13 @@ def _argv(extra):
 
 
 def _train(rank, world, extra, save_release_to, record_positions):
-    from pose_megatron.training import checkpointing
+    from pose_megatron.checkpoint import resumable
     from pose_megatron.training.arguments import parse_args
     from pose_megatron.training.loop import setup, train
 
     trainer = setup(parse_args(_argv(extra)))
     if save_release_to:
-        checkpointing.save_release(save_release_to, trainer.model, trainer.model_args)
+        resumable.save_release(save_release_to, trainer.model, trainer.model_args)
     seen = []
     if record_positions:
         def hook(module, args, kwargs):

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from pose_megatron.training import checkpointing
+from pose_megatron.checkpoint import resumable
 from tests.distributed import child_env
 from tests.test_model_rope import MODEL_CLASSES
 
@@ -30,7 +30,7 @@ def _run(tmp_path, name, extra, env_extra=None):
             "4", "--train-iters", "6", "--lr", "1e-3", "--lr-warmup-iters", "2", "--seed", "11",
             "--log-json", str(log), *extra]
     env = child_env(OMP_NUM_THREADS="1")
-    env.pop(checkpointing.KILL_DURING_SAVE_ENV, None)
+    env.pop(resumable.KILL_DURING_SAVE_ENV, None)
     env.update(env_extra or {})
     # Own session: after a SIGKILL, the helper processes Megatron's checkpoint writer started
     # (a multiprocessing manager) outlive their parent and hold the pipes; we end them by group.
@@ -58,13 +58,13 @@ def test_kill_during_save_then_resume_matches_uninterrupted(tmp_path, model_clas
 
     ckpt = tmp_path / "ckpt"
     save = ["--save", str(ckpt), "--save-interval", "2", *model]
-    killed, first = _run(tmp_path, "killed", save, {checkpointing.KILL_DURING_SAVE_ENV: "4"})
+    killed, first = _run(tmp_path, "killed", save, {resumable.KILL_DURING_SAVE_ENV: "4"})
     assert killed.returncode == -9, killed.stderr_text[-2000:]
     assert [s["iteration"] for s in first] == [1, 2, 3, 4]
     # Iteration 4's shards are there but unpublished; the tracker still names iteration 2.
     assert (ckpt / "iter_0000004.tmp").is_dir()
     assert not (ckpt / "iter_0000004").exists()
-    assert checkpointing.read_tracker(str(ckpt)) == 2
+    assert resumable.read_tracker(str(ckpt)) == 2
 
     resumed_proc, resumed = _run(tmp_path, "resumed", ["--load", str(ckpt), *save])
     assert resumed_proc.returncode == 0, resumed_proc.stderr_text[-2000:]
@@ -75,7 +75,7 @@ def test_kill_during_save_then_resume_matches_uninterrupted(tmp_path, model_clas
         assert got["loss"] == want["loss"]
         assert got["lr"] == want["lr"]
         assert got["grad_norm"] == want["grad_norm"]
-    assert checkpointing.read_tracker(str(ckpt)) == 6
+    assert resumable.read_tracker(str(ckpt)) == 6
     assert not (ckpt / "iter_0000004.tmp").exists()  # replaced by the complete save
     assert sorted(p.name for p in ckpt.iterdir()) == [
         "iter_0000002", "iter_0000004", "iter_0000006", "latest_checkpointed_iteration.txt",
@@ -90,15 +90,15 @@ def test_kill_during_save_then_resume_matches_uninterrupted(tmp_path, model_clas
 
 
 def test_tracker_reading(tmp_path):
-    assert checkpointing.read_tracker(str(tmp_path)) is None
+    assert resumable.read_tracker(str(tmp_path)) is None
     (tmp_path / "release").mkdir()
-    assert checkpointing.read_tracker(str(tmp_path)) == "release"
-    (tmp_path / checkpointing.TRACKER).write_text("42\n")
-    assert checkpointing.read_tracker(str(tmp_path)) == 42
-    (tmp_path / checkpointing.TRACKER).write_text("latest\n")
+    assert resumable.read_tracker(str(tmp_path)) == "release"
+    (tmp_path / resumable.TRACKER).write_text("42\n")
+    assert resumable.read_tracker(str(tmp_path)) == 42
+    (tmp_path / resumable.TRACKER).write_text("latest\n")
     with pytest.raises(ValueError, match="expected an iteration number"):
-        checkpointing.read_tracker(str(tmp_path))
-    assert checkpointing.iteration_dir("/c", 100) == "/c/iter_0000100"
+        resumable.read_tracker(str(tmp_path))
+    assert resumable.iteration_dir("/c", 100) == "/c/iter_0000100"
 
 
 def test_exit_duration_saves_and_stops_then_resume_continues(tmp_path):
@@ -109,13 +109,13 @@ def test_exit_duration_saves_and_stops_then_resume_continues(tmp_path):
     assert first_proc.returncode == 0, first_proc.stderr_text[-2000:]
     assert [s["iteration"] for s in first] == [1]
     assert "exiting after iteration 1 of 6" in first_proc.stdout_text
-    assert checkpointing.read_tracker(str(ckpt)) == 1
+    assert resumable.read_tracker(str(ckpt)) == 1
 
     rest_proc, rest = _run(tmp_path, "rest", ["--load", str(ckpt), *save])
     assert rest_proc.returncode == 0, rest_proc.stderr_text[-2000:]
     assert "loaded iteration 1" in rest_proc.stdout_text
     assert [s["iteration"] for s in rest] == [2, 3, 4, 5, 6]
-    assert checkpointing.read_tracker(str(ckpt)) == 6
+    assert resumable.read_tracker(str(ckpt)) == 6
 
 
 def test_exit_duration_must_be_positive(tmp_path):

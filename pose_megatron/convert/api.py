@@ -10,9 +10,9 @@ from typing import Optional
 
 from pose_megatron import publish
 from pose_megatron.config import ModelArgs
-from pose_megatron.convert import bridge, hf_config, hf_io, megatron_io, weights
+from pose_megatron.checkpoint import store
+from pose_megatron.convert import bridge, hf_config, hf_io, weights
 
-TOKENIZER_SUBDIR = "tokenizer"
 LAYOUTS = ("megatron", "bridge")
 
 
@@ -72,8 +72,8 @@ def hf_to_megatron(
     ``iter_0000000/`` with the files Megatron-Bridge's loader reads (``convert.bridge``).
     ``add_position_embedding``: the value recorded in the Megatron-LM args (False for jobs run
     with ``--no-position-embedding``; see ``megatron_lm_args``)."""
-    if fmt not in megatron_io.FORMATS:
-        raise ValueError(f"--format {fmt!r}: expected one of {megatron_io.FORMATS}")
+    if fmt not in store.FORMATS:
+        raise ValueError(f"--format {fmt!r}: expected one of {store.FORMATS}")
     if layout not in LAYOUTS:
         raise ValueError(f"--layout {layout!r}: expected one of {LAYOUTS}")
     if layout == "bridge" and fmt != "torch_dist":
@@ -99,10 +99,10 @@ def hf_to_megatron(
     if layout == "bridge":
         bridge.provider_fields(args)  # refuses a RoPE Bridge cannot compute, before writing
     stored = hf.dtype("model.embed_tokens.weight")
-    if dtype is not None and dtype not in megatron_io.DTYPES:
+    if dtype is not None and dtype not in store.DTYPES:
         raise ValueError(f"--dtype {dtype!r}: expected one of bf16, fp16, fp32")
-    target = megatron_io.DTYPES[dtype] if dtype else stored
-    args.torch_dtype = megatron_io.dtype_name(target)
+    target = store.DTYPES[dtype] if dtype else stored
+    args.torch_dtype = store.dtype_name(target)
 
     def get_global(name):
         tensors = [hf.get(n) for n in weights.hf_sources(name, args)]
@@ -119,16 +119,16 @@ def hf_to_megatron(
         # Megatron-LM's converters label converted weights "release"; Bridge's loader only
         # looks for iter_* directories, and its import saves step 0
         iteration = 0 if layout == "bridge" else None
-        path = os.path.join(tmp, megatron_io.iteration_dir(iteration))
+        path = os.path.join(tmp, store.iteration_dir(iteration))
         if fmt == "legacy":
-            megatron_io.write_legacy(path, args, get_global, tp, pp, spec=spec, progress=step,
+            store.write_legacy(path, args, get_global, tp, pp, spec=spec, progress=step,
                                      add_position_embedding=add_position_embedding)
         else:
-            megatron_io.write_dist(path, args, get_pieces, target, progress=step,
+            store.write_dist(path, args, get_pieces, target, progress=step,
                                    add_position_embedding=add_position_embedding)
-        args.save(path)  # the settings of these weights, beside them (see checkpointing)
-        megatron_io.write_tracker(tmp, iteration)
-        tok_dir = os.path.join(tmp, TOKENIZER_SUBDIR)
+        args.save(path)  # the settings of these weights, beside them (see checkpoint.resumable)
+        store.write_tracker(tmp, iteration)
+        tok_dir = os.path.join(tmp, store.TOKENIZER_SUBDIR)
         os.makedirs(tok_dir)
         # the HF dir's own tokenizer travels with the checkpoint unless another is named
         copied = hf_io.copy_tokenizer(tokenizer or hf_dir, tok_dir)
@@ -136,7 +136,7 @@ def hf_to_megatron(
             os.rmdir(tok_dir)
         if layout == "bridge":  # Bridge records its tokenizer by absolute path, as here
             bridge.write_metadata(tmp, path, args, 0, tokenizer_dir=os.path.join(
-                os.path.abspath(out), TOKENIZER_SUBDIR) if copied else None)
+                os.path.abspath(out), store.TOKENIZER_SUBDIR) if copied else None)
         with open(os.path.join(tmp, "conversion.json"), "w") as f:
             json.dump({"source": os.path.abspath(hf_dir), "format": fmt, "tp": tp, "pp": pp,
                        "spec": spec, "dtype": args.torch_dtype, "layout": layout}, f, indent=2)
@@ -154,12 +154,12 @@ def megatron_to_hf(
     inputs = {"--megatron-dir": megatron_dir, "--tokenizer": tokenizer}
     publish.check_output_apart(out, inputs)
     publish.check_replaceable(out, force)
-    args, reader, _fmt = megatron_io.open_checkpoint(megatron_dir, iteration)
-    if dtype is not None and dtype not in megatron_io.DTYPES:
+    args, reader, _fmt = store.open_checkpoint(megatron_dir, iteration)
+    if dtype is not None and dtype not in store.DTYPES:
         raise ValueError(f"--dtype {dtype!r}: expected one of bf16, fp16, fp32")
-    target = megatron_io.DTYPES[dtype] if dtype else None
+    target = store.DTYPES[dtype] if dtype else None
     config = hf_config.hf_config_from_args(
-        args, megatron_io.dtype_name(target) if target else None)  # refuses unknown RoPE first
+        args, store.dtype_name(target) if target else None)  # refuses unknown RoPE first
     names = weights.megatron_names(args)
     # from the shapes, not the tensors: a legacy reader would merge TP shards twice
     itemsize = reader.get(names[0]).element_size()
@@ -182,8 +182,8 @@ def megatron_to_hf(
             json.dump(config, f, indent=2)
         # ours keep it at the top, Megatron-Bridge's in the iteration directory
         tok_src = tokenizer or next(
-            (d for d in (os.path.join(megatron_dir, TOKENIZER_SUBDIR),
-                         os.path.join(reader.path, TOKENIZER_SUBDIR)) if os.path.isdir(d)), None)
+            (d for d in (os.path.join(megatron_dir, store.TOKENIZER_SUBDIR),
+                         os.path.join(reader.path, store.TOKENIZER_SUBDIR)) if os.path.isdir(d)), None)
         if tok_src is not None:
             hf_io.copy_tokenizer(tok_src, tmp)
     bar.close()

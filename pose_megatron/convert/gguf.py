@@ -18,7 +18,7 @@ import os
 import sys
 
 from pose_megatron import publish
-from pose_megatron.convert.megatron_io import DTYPES, dtype_name
+from pose_megatron.checkpoint.store import DTYPES, dtype_name
 
 GGUF_MAGIC = b"GGUF"
 #: Keys of config.json that only describe how the GGUF file was read, never the model.

@@ -32,7 +32,6 @@ from pose_megatron.config import CONFIG_FILENAME
 # RoPE types whose HF implementation needs the pretraining window, which we take from the model's
 # own max_position_embeddings when the override does not name it.
 _NEEDS_ORIGINAL_WINDOW = ("yarn", "llama3", "longrope")
-CHECKPOINT_TOKENIZER_SUBDIR = "tokenizer"  # where pose_megatron.convert puts the HF tokenizer
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -348,20 +347,20 @@ def load_megatron(
     name: Optional[str] = None,
 ) -> EvalModel:
     import pose_megatron
+    from pose_megatron.checkpoint import store
 
     if tokenizer_path is None:
         # The HF -> Megatron converter copies the HF tokenizer into the checkpoint.
-        tokenizer_path = os.path.join(path, CHECKPOINT_TOKENIZER_SUBDIR)
+        tokenizer_path = os.path.join(path, store.TOKENIZER_SUBDIR)
         if not os.path.isdir(tokenizer_path):
             raise ValueError(
-                f"{path} is a Megatron checkpoint without a {CHECKPOINT_TOKENIZER_SUBDIR}/ "
+                f"{path} is a Megatron checkpoint without a {store.TOKENIZER_SUBDIR}/ "
                 "directory: pass --tokenizer (a sentencepiece .model file or a HF tokenizer "
                 "directory)"
             )
-    from pose_megatron.convert import megatron_io
 
     # the settings saved with the weights the tracker names (older checkpoints: the root's)
-    args = megatron_io.model_args_of(path, megatron_io.resolve_iteration_dir(path))
+    args = store.model_args_of(path, store.resolve_iteration_dir(path))
     tokenizer = load_tokenizer(tokenizer_path)
     model = pose_megatron.load_megatron_model(path, device=str(device), dtype=dtype)
     set_eval_rope(model, args, rope_scaling)

@@ -22,7 +22,9 @@ import torch.distributed as dist
 
 from pose_megatron.config import ModelArgs
 from pose_megatron import publish
-from pose_megatron.training import checkpointing, logging_utils, validation
+from pose_megatron.checkpoint import store
+from pose_megatron.checkpoint import resumable
+from pose_megatron.training import logging_utils, validation
 from pose_megatron.training.batch import get_batch
 from pose_megatron.training.data import (SyntheticPoseDataset, batch_iterator,
                                          build_megatron_dataset)
@@ -145,7 +147,7 @@ def build(args, plan: RunPlan, started: float) -> Trainer:
     device = plan.device
     parallel.initialize(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                         args.context_parallel_size, device=device, seed=args.seed)
-    save_lock = checkpointing.lock_save_dir(args.save) if args.save else None
+    save_lock = resumable.lock_save_dir(args.save) if args.save else None
     args.global_batch_size = plan.global_batch_size
 
     params_dtype = torch.bfloat16 if args.bf16 else torch.float32
@@ -203,7 +205,7 @@ def build(args, plan: RunPlan, started: float) -> Trainer:
 def restore(trainer: Trainer) -> None:
     """Weights (and, resuming, optimizer, schedule, RNG and data position) from ``--load``."""
     args, plan = trainer.args, trainer.plan
-    state = checkpointing.load_checkpoint(
+    state = resumable.load_checkpoint(
         args.load, trainer.model, trainer.optimizer, trainer.scheduler, finetune=args.finetune,
         load_optim=not _flag(args, "no_load_optim"), saved=plan.saved)
     trainer.iteration = state["iteration"]
@@ -266,14 +268,14 @@ def save(trainer: Trainer) -> None:
     args = trainer.args
     plain = {k: v for k, v in vars(args).items()
              if isinstance(v, (int, float, str, bool, type(None), list))}
-    checkpointing.save_checkpoint(
+    resumable.save_checkpoint(
         args.save, trainer.iteration, trainer.model, trainer.optimizer, trainer.scheduler,
         consumed_train_samples=trainer.consumed_train_samples, model_args=trainer.model_args,
         args=plain, save_optim=not args.no_save_optim)
     if dist.get_rank() == 0:
         # The converter's tokenizer travels with the weights, so back-conversion finds it.
-        src = os.path.join(args.load, "tokenizer") if args.load else None
-        dst = os.path.join(args.save, "tokenizer")
+        src = os.path.join(args.load, store.TOKENIZER_SUBDIR) if args.load else None
+        dst = os.path.join(args.save, store.TOKENIZER_SUBDIR)
         if src and os.path.isdir(src) and not os.path.exists(dst):
             publish.copy_tree(src, dst)
         print(f"saved iteration {trainer.iteration} to {args.save}", flush=True)

@@ -28,7 +28,7 @@ class RunPlan:
     spec: str  # "local" (torch layers) or "te" (Transformer Engine)
     pose: PoseSettings
     model_args: ModelArgs
-    saved: object  # checkpointing.SavedCheckpoint of --load, or None
+    saved: object  # resumable.SavedCheckpoint of --load, or None
     resuming: bool
     data_parallel_size: int
     micro_batch_size: int
@@ -214,9 +214,9 @@ def _global_batch_size(args, dp: int) -> int:
 def _saved_model_args(load: str) -> ModelArgs:
     """The model description of ``--load`` (its ``pose_model.json`` or Megatron-LM's args),
     read without opening the checkpoint itself."""
-    from pose_megatron.convert import megatron_io
+    from pose_megatron.checkpoint import store
 
-    return megatron_io.model_args_of(load, megatron_io.resolve_iteration_dir(load))
+    return store.model_args_of(load, store.resolve_iteration_dir(load))
 
 
 def check_flags(args) -> tuple:
@@ -256,12 +256,12 @@ def validate(args, world_size: Optional[int] = None) -> RunPlan:
     ``world_size`` defaults to torchrun's ``WORLD_SIZE`` (1 without torchrun).
     """
     from pose_megatron import parallel
-    from pose_megatron.training import checkpointing
+    from pose_megatron.checkpoint import resumable
 
     device = args.device or parallel.default_device()
     check_device_support(args, device)
     pose, model_args = check_flags(args)
-    saved = checkpointing.inspect_checkpoint(args.load) if args.load else None
+    saved = resumable.inspect_checkpoint(args.load) if args.load else None
     if saved is not None and saved.hybrid_pattern and getattr(args, "model_class", "gpt") != "hybrid":
         raise UsageError(
             f"--load {args.load} was saved by a HybridModel run (layers "

@@ -13,17 +13,18 @@ from typing import Optional
 import torch
 
 from pose_megatron.config import ModelArgs
-from pose_megatron.convert import megatron_io, weights
+from pose_megatron.checkpoint import store
+from pose_megatron.convert import weights
 
 
 def _resolve_dtype(dtype, args: ModelArgs) -> torch.dtype:
     if dtype is None:
-        return megatron_io.DTYPES[args.torch_dtype]
+        return store.DTYPES[args.torch_dtype]
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in megatron_io.DTYPES:
+    if dtype not in store.DTYPES:
         raise ValueError(f"dtype {dtype!r}: expected a torch dtype or one of bf16, fp16, fp32")
-    return megatron_io.DTYPES[dtype]
+    return store.DTYPES[dtype]
 
 
 def _load_dist(model, path: str, *, translate: bool = False) -> None:
@@ -38,14 +39,14 @@ def _load_dist(model, path: str, *, translate: bool = False) -> None:
 
         megatron_compat.retarget_to_gpt_checkpoint(request, model.hybrid_layer_pattern)
     # the same top-level layout as Megatron-LM's checkpoints ({"model": ..., "iteration": ...})
-    loaded = megatron_io.load_sharded({"model": request}, path)
+    loaded = store.load_sharded({"model": request}, path)
     _apply(model, loaded["model"], path)
 
 
 def _load_legacy(model, args: ModelArgs, path: str) -> None:
     from megatron.core import parallel_state as ps
 
-    reader = megatron_io.LegacyReader(path, args)
+    reader = store.LegacyReader(path, args)
     tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
     weights.check_parallel(args, tp, pp)
     spec = weights.detect_spec(model.state_dict())
@@ -82,16 +83,16 @@ def load_megatron_model(
     from pose_megatron import parallel
     from pose_megatron.model import build_model
 
-    path = megatron_io.resolve_iteration_dir(ckpt_dir, iteration)
-    fmt = megatron_io.checkpoint_format(path)
+    path = store.resolve_iteration_dir(ckpt_dir, iteration)
+    fmt = store.checkpoint_format(path)
     # pose_model.json, else a Megatron-Bridge run_config.yaml or Megatron-LM's saved args
-    args = megatron_io.checkpoint_model_args(ckpt_dir, path, fmt)
+    args = store.checkpoint_model_args(ckpt_dir, path, fmt)
     params_dtype = _resolve_dtype(dtype, args)
     if not ps.model_parallel_is_initialized():
         parallel.initialize(1, 1, device=device)
     if device == "cpu" and spec == "auto":
         spec = "local"
-    saved_class = "hybrid" if fmt == "torch_dist" and megatron_io.checkpoint_hybrid_pattern(path) \
+    saved_class = "hybrid" if fmt == "torch_dist" and store.checkpoint_hybrid_pattern(path) \
         else "gpt"
     model_class = model_class or saved_class
     if saved_class == "hybrid" and model_class != "hybrid":

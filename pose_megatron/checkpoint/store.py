@@ -35,6 +35,8 @@ from pose_megatron.convert.megatron_lm_args import (disagreements, megatron_lm_a
                                                     model_args_from_megatron_lm)
 
 TRACKER = "latest_checkpointed_iteration.txt"
+# The HF tokenizer travels with the weights here, so evaluation and back-conversion find it.
+TOKENIZER_SUBDIR = "tokenizer"
 CHECKPOINT_VERSION = 3.0
 FORMATS = ("torch_dist", "legacy")
 _RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
@@ -342,28 +344,15 @@ def _ensure_process_group():
     return parallel.destroy
 
 
-def stock_model(args: ModelArgs, dtype: torch.dtype, *, pre_process=True, post_process=True):
-    """Megatron-Core's stock GPTModel for ``args`` (local spec), parameters left uninitialised.
+def converter_model(args: ModelArgs, dtype: torch.dtype):
+    """The model training builds for ``args`` (``pose_megatron.model.build_model``, local spec,
+    one stage), parameters left uninitialised: its sharded state dict is exactly the one a
+    training run saves and loads."""
+    from pose_megatron.model import build_model
 
-    Used to produce exactly the sharded state dict a training run's model produces; the plugin's
-    own builder (``pose_megatron.model``) differs only in how RoPE is computed.
-    """
-    from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-
-    from pose_megatron.model import model_args_to_transformer_config
-
-    config = model_args_to_transformer_config(
-        args, use_cpu_initialization=True, perform_initialization=False, params_dtype=dtype,
-        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
-    return GPTModel(
-        config, get_gpt_layer_local_spec(normalization="RMSNorm",
-                                         qk_layernorm=config.qk_layernorm),
-        vocab_size=args.vocab_size, max_sequence_length=args.max_position,
-        pre_process=pre_process, post_process=post_process,
-        position_embedding_type="rope", rotary_base=args.rope_theta,
-        share_embeddings_and_output_weights=args.tie_word_embeddings,
-    )
+    return build_model(args, pre_process=True, post_process=True, spec="local", params_dtype=dtype,
+                       use_cpu_initialization=True, perform_initialization=False,
+                       bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
 
 
 def _save_strategy():
@@ -381,7 +370,7 @@ def write_dist(
     path: str, args: ModelArgs, get_pieces: Callable[[str], List[torch.Tensor]],
     dtype: torch.dtype, *, iteration: int = 0, progress=None, add_position_embedding: bool = True,
 ) -> None:
-    """Write a torch_dist checkpoint of Megatron-Core's stock model holding the given weights.
+    """Write a torch_dist checkpoint of the model training builds holding the given weights.
 
     ``get_pieces(name)`` returns tensors whose concatenation along dim 0 is the global tensor
     ``name`` (one tensor, or e.g. gate and up of a SwiGLU ``linear_fc1``). The model's sharded
@@ -400,7 +389,7 @@ def write_dist(
 
     cleanup = _ensure_process_group()
     try:
-        model = stock_model(args, dtype)
+        model = converter_model(args, dtype)
         params = dict(model.named_parameters())
         owner = {p.untyped_storage().data_ptr(): name for name, p in params.items()}
         sharded = model.sharded_state_dict()
@@ -647,4 +636,4 @@ def open_checkpoint(ckpt_dir: str, iteration: Optional[int] = None):
 
 
 __all__ = ["CONFIG_FILENAME", "write_dist", "write_legacy", "open_checkpoint",
-           "stock_model", "FORMATS", "DTYPES"]
+           "converter_model", "FORMATS", "DTYPES"]

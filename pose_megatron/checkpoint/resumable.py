@@ -33,20 +33,20 @@ import torch
 import torch.distributed as dist
 
 from pose_megatron import publish
-from pose_megatron.convert import megatron_io
+from pose_megatron.checkpoint import store
 from pose_megatron.config import CONFIG_FILENAME, ModelArgs
 from pose_megatron.model import unwrap_model
 
-# The layout is Megatron-LM's, defined once in convert/megatron_io (converter output is a checkpoint too).
-TRACKER = megatron_io.TRACKER
-CHECKPOINT_VERSION = megatron_io.CHECKPOINT_VERSION
+# The layout is Megatron-LM's, defined once in checkpoint/store (converter output is a checkpoint too).
+TRACKER = store.TRACKER
+CHECKPOINT_VERSION = store.CHECKPOINT_VERSION
 # Test hook: SIGKILL this process right after its shards of iteration N are written, before the
 # rename (what a node failure during a save looks like).
 KILL_DURING_SAVE_ENV = "POSE_TEST_KILL_DURING_SAVE"
 
 
 def iteration_dir(root: str, iteration) -> str:
-    return os.path.join(root, megatron_io.iteration_dir(
+    return os.path.join(root, store.iteration_dir(
         None if iteration == "release" else int(iteration)))
 
 
@@ -228,14 +228,6 @@ class SavedCheckpoint:
         return self.tracker == "release"
 
 
-def load_model_args(root: str) -> ModelArgs | None:
-    """The ModelArgs of the iteration the tracker names (None: ``root`` is no checkpoint)."""
-    tracker = read_tracker(root)
-    if tracker is None:
-        return None
-    return megatron_io.model_args_of(root, iteration_dir(root, tracker))
-
-
 def inspect_checkpoint(root: str) -> SavedCheckpoint:
     """Read what ``--load root`` holds without loading any weights; refuses non-checkpoints."""
     from megatron.core import dist_checkpointing
@@ -257,12 +249,12 @@ def inspect_checkpoint(root: str) -> SavedCheckpoint:
                 "--format torch_dist")
         raise ValueError(f"--load {root}: {path} holds no distributed checkpoint (no "
                          "metadata.json)")
-    model_args = megatron_io.model_args_of(root, path)
-    common = megatron_io.read_or_fail(lambda: dist_checkpointing.load_common_state_dict(path), path)
+    model_args = store.model_args_of(root, path)
+    common = store.read_or_fail(lambda: dist_checkpointing.load_common_state_dict(path), path)
     return SavedCheckpoint(root=root, tracker=tracker, path=path, model_args=model_args,
                            common=dict(common or {}),
                            has_optimizer="optimizer" in _saved_keys(path, common or {}),
-                           hybrid_pattern=megatron_io.checkpoint_hybrid_pattern(path))
+                           hybrid_pattern=store.checkpoint_hybrid_pattern(path))
 
 
 def lock_save_dir(root: str):
@@ -326,7 +318,7 @@ def load_checkpoint(root: str, model, optimizer=None, scheduler=None, *,
         for part in ("model", "optimizer"):
             if part in request:
                 megatron_compat.retarget_to_gpt_checkpoint(request[part], pattern)
-    state = megatron_io.read_or_fail(lambda: dist_checkpointing.load(request, path), path)
+    state = store.read_or_fail(lambda: dist_checkpointing.load(request, path), path)
     unwrap_model(model).load_state_dict(state["model"])
     if release:
         return {"iteration": 0, "consumed_train_samples": 0, "release": True,
