@@ -228,10 +228,8 @@ class SavedCheckpoint:
         return self.tracker == "release"
 
 
-def inspect_checkpoint(root: str) -> SavedCheckpoint:
-    """Read what ``--load root`` holds without loading any weights; refuses non-checkpoints."""
-    from megatron.core import dist_checkpointing
-
+def find_iteration(root: str) -> tuple:
+    """(tracker, iteration directory) of ``--load root``; refuses what is no checkpoint."""
     tracker = read_tracker(root)
     if tracker is None:
         raise FileNotFoundError(
@@ -241,6 +239,14 @@ def inspect_checkpoint(root: str) -> SavedCheckpoint:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--load {root}: {os.path.join(root, TRACKER)} names {tracker}, "
                                 f"but {path} is missing")
+    return tracker, path
+
+
+def inspect_checkpoint(root: str) -> SavedCheckpoint:
+    """Read what ``--load root`` holds without loading any weights; refuses non-checkpoints."""
+    from megatron.core import dist_checkpointing
+
+    tracker, path = find_iteration(root)
     if not os.path.isfile(os.path.join(path, "metadata.json")):
         if any(n.startswith("mp_rank_") for n in os.listdir(path)):
             raise ValueError(

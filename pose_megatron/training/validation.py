@@ -214,9 +214,9 @@ def _global_batch_size(args, dp: int) -> int:
 def _saved_model_args(load: str) -> ModelArgs:
     """The model description of ``--load`` (its ``pose_model.json`` or Megatron-LM's args),
     read without opening the checkpoint itself."""
-    from pose_megatron.checkpoint import store
+    from pose_megatron.checkpoint import resumable, store
 
-    return store.model_args_of(load, store.resolve_iteration_dir(load))
+    return store.model_args_of(load, resumable.find_iteration(load)[1])
 
 
 def check_flags(args) -> tuple:
