@@ -333,7 +333,8 @@ def _training_cases(rank, world, root, converted, legacy):
                                 "--no-load-optim"])
     s3 = f"{root}/s3"
     with publish.OutputLock(s3, "--save"):
-        run("locked save", TRAIN + ["--train-iters", "1", "--save", s3])
+        run("locked save", TRAIN + ["--train-iters", "1", "--rope-scaling-type", "linear",
+                                    "--save", s3])
     run("not a checkpoint", TRAIN + ["--train-iters", "1", "--load", f"{root}"])
     run("legacy", TRAIN + ["--train-iters", "1", "--load", legacy])
 

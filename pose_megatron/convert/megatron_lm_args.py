@@ -210,16 +210,16 @@ def rope_from_megatron_lm(ns) -> tuple:
     """(rope_theta, rope_scaling or None, original window) of the RoPE the job trained with.
 
     A job run with the PoSE helpers (its args hold ``pose_target_len``) used the scaling
-    ``pose_megatron.megatron_lm.pose_settings`` derives from its flags, the one its models were
+    ``pose_megatron.megatron_lm.rope_settings`` derives from its flags, the one its models were
     built with. Otherwise the model had Megatron-LM's stock RoPE: plain, ``--use-rope-scaling``
     (LLaMA 3.1) or ``--rotary-seq-len-interpolation-factor`` (linear).
     """
     theta = float(read_flag(ns, "--rotary-base", "RoPE base"))
     window = read_flag(ns, "--max-position-embeddings", "model's original window")
     if getattr(ns, "pose_target_len", None) is not None:
-        from pose_megatron.megatron_lm import pose_settings
+        from pose_megatron.megatron_lm import rope_settings
 
-        rope = pose_settings(ns)["rope"]
+        rope = rope_settings(ns)
         return theta, rope["rope_scaling"], rope["max_position_embeddings"]
     if read_flag(ns, "--use-rope-scaling", "LLaMA 3.1 RoPE scaling switch"):
         factor = float(read_flag(ns, "--rope-scaling-factor", "LLaMA 3.1 RoPE scaling factor"))
