@@ -8,7 +8,8 @@ from pose_megatron.positions import pose_position_ids
 from pose_megatron.training.batch import (collate, context_parallel_chunk_ids, keys_for_stage,
                                           split_batch_for_context_parallel,
                                           split_for_context_parallel)
-from pose_megatron.training.data import SyntheticPoseDataset, micro_batch_indices
+from pose_megatron.data.synthetic import SyntheticPoseDataset
+from pose_megatron.training.data import micro_batch_indices
 from pose_megatron.positions import PoseSettings
 from tests.distributed import run_distributed
 

@@ -146,7 +146,7 @@ def test_wrapped_provider_gives_megatron_lm_yarns_attention_scale():
 def _get_batch(rank, world):
     from pose_megatron import parallel
     from pose_megatron.training.batch import collate
-    from pose_megatron.training.data import SyntheticPoseDataset
+    from pose_megatron.data.synthetic import SyntheticPoseDataset
     from pose_megatron.positions import PoseSettings
 
     parallel.initialize(device="cpu")

@@ -125,7 +125,7 @@ def test_dp2_matches_dp1(runs):
 
 def test_every_pipeline_stage_sees_the_sample_positions(runs):
     """Stage 0 and stage 1 get the PoSE position ids of exactly the samples being trained."""
-    from pose_megatron.training.data import SyntheticPoseDataset
+    from pose_megatron.data.synthetic import SyntheticPoseDataset
     from pose_megatron.positions import PoseSettings
 
     _, _, pp2, _ = runs

@@ -1,57 +1,20 @@
-"""Datasets the loop can read and the order it reads them in.
+"""The datasets a training run reads, from its flags, and the order it reads them in.
 
-The real dataset comes from ``pose_megatron.data`` (a Megatron ``MegatronDataset`` built from
-``--data-path``). ``SyntheticPoseDataset`` (``--mock-data``) has the same item contract on random
-tokens, for smoke runs, tests and benchmarks: it needs no tokenizer and no files.
+The datasets themselves are ``pose_megatron.data``'s: ``PoseGPTDataset`` (a Megatron
+``MegatronDataset`` built from ``--data-path``) and ``SyntheticPoseDataset`` (``--mock-data``).
 """
 
 from __future__ import annotations
 
 import os
 
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 
 from pose_megatron.errors import UsageError
 from pose_megatron.positions import PoseSettings
 from pose_megatron.training.batch import collate
-
-
-class SyntheticPoseDataset:
-    """Random-token documents cut into PoSE samples; item ``i`` depends only on (seed, i).
-
-    Each item is a dict of numpy arrays of length ``pose.train_len``, with the contract of
-    ``pose_megatron.data.pose_dataset``: ``tokens``, ``labels`` (``labels[j] = tokens[j+1]``, so the
-    last token of a chunk predicts the first of the next, unmasked, as in the reference; the last
-    label is the document token after the last chunk), ``loss_mask`` (ones) and ``position_ids``.
-    """
-
-    def __init__(self, num_samples: int, vocab_size: int, pose: PoseSettings, *,
-                 doc_len: Optional[int] = None):
-        self.num_samples = num_samples
-        self.vocab_size = vocab_size
-        self.pose = pose
-        self.doc_len = doc_len or pose.synthetic_doc_len
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"sample {index} out of range for {self.num_samples} samples")
-        rng = np.random.default_rng([self.pose.seed, index])
-        # +1 so the last sample token has a next token to predict.
-        doc = rng.integers(0, self.vocab_size, self.doc_len + 1, dtype=np.int64)
-        sample = self.pose.sample(index, self.doc_len)
-        src = sample.token_index
-        tokens = doc[src]
-        return {
-            "tokens": tokens,
-            "labels": np.append(tokens[1:], doc[src[-1] + 1]),
-            "loss_mask": np.ones(len(src), dtype=np.float32),
-            "position_ids": sample.position_ids.astype(np.int64),
-        }
 
 
 def micro_batch_indices(consumed_samples: int, micro_batch_size: int, dp_size: int,

@@ -25,8 +25,8 @@ from pose_megatron.checkpoint import store
 from pose_megatron.checkpoint import resumable
 from pose_megatron.training import logging_utils, validation
 from pose_megatron.training.batch import get_batch
-from pose_megatron.training.data import (SyntheticPoseDataset, batch_iterator,
-                                         build_megatron_dataset)
+from pose_megatron.data.synthetic import SyntheticPoseDataset
+from pose_megatron.training.data import batch_iterator, build_megatron_dataset
 from pose_megatron.training.validation import RunPlan
 
 
