@@ -8,7 +8,7 @@ import os
 from typing import Optional
 
 
-from pose_megatron import publish
+from pose_megatron import dtypes, publish
 from pose_megatron.config import ModelArgs
 from pose_megatron.convert import bridge, hf_config, hf_io, megatron_io, weights
 
@@ -99,10 +99,8 @@ def hf_to_megatron(
     if layout == "bridge":
         bridge.provider_fields(args)  # refuses a RoPE Bridge cannot compute, before writing
     stored = hf.dtype("model.embed_tokens.weight")
-    if dtype is not None and dtype not in megatron_io.DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: expected one of bf16, fp16, fp32")
-    target = megatron_io.DTYPES[dtype] if dtype else stored
-    args.torch_dtype = megatron_io.dtype_name(target)
+    target = dtypes.to_torch(dtype) if dtype is not None else stored
+    args.torch_dtype = dtypes.name_of(target)
 
     def get_global(name):
         tensors = [hf.get(n) for n in weights.hf_sources(name, args)]
@@ -155,11 +153,9 @@ def megatron_to_hf(
     publish.check_output_apart(out, inputs)
     publish.check_replaceable(out, force)
     args, reader, _fmt = megatron_io.open_checkpoint(megatron_dir, iteration)
-    if dtype is not None and dtype not in megatron_io.DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: expected one of bf16, fp16, fp32")
-    target = megatron_io.DTYPES[dtype] if dtype else None
+    target = dtypes.to_torch(dtype) if dtype is not None else None
     config = hf_config.hf_config_from_args(
-        args, megatron_io.dtype_name(target) if target else None)  # refuses unknown RoPE first
+        args, dtypes.name_of(target) if target else None)  # refuses unknown RoPE first
     names = weights.megatron_names(args)
     # from the shapes, not the tensors: a legacy reader would merge TP shards twice
     itemsize = reader.get(names[0]).element_size()

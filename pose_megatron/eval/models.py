@@ -27,13 +27,13 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
+from pose_megatron import dtypes
 from pose_megatron.config import CONFIG_FILENAME
 
 # RoPE types whose HF implementation needs the pretraining window, which we take from the model's
 # own max_position_embeddings when the override does not name it.
 _NEEDS_ORIGINAL_WINDOW = ("yarn", "llama3", "longrope")
 CHECKPOINT_TOKENIZER_SUBDIR = "tokenizer"  # where pose_megatron.convert puts the HF tokenizer
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,9 +80,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` is float32 on the CPU (bfloat16 matmuls are slow there) and bfloat16 on a GPU."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in _DTYPES:
-        raise ValueError(f"--dtype must be one of auto, {', '.join(_DTYPES)}; got {name!r}")
-    return _DTYPES[name]
+    return dtypes.to_torch(name, source="--dtype", also=("auto",))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,9 +241,11 @@ def _apply_rope_override(config, rope_scaling: dict) -> None:
     if kind in ("linear", "yarn", "llama3") and override.get("factor"):
         # The extended window, as PI/YaRN checkpoints record it; these types read their
         # scaling from the override alone, so this only informs generate's length checks.
-        original = override.get("original_max_position_embeddings", config.max_position_embeddings)
-        config.max_position_embeddings = max(config.max_position_embeddings,
-                                             int(round(original * float(override["factor"]))))
+        from pose_megatron.rope import scaled_window
+
+        config.max_position_embeddings = max(
+            config.max_position_embeddings,
+            scaled_window(override, config.max_position_embeddings))
     if hasattr(config, "rope_parameters"):
         current = dict(getattr(config, "rope_parameters", None) or {})
         theta = current.get("rope_theta", getattr(config, "rope_theta", None))

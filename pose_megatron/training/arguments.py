@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from pose_megatron import rope
 from pose_megatron.config import ModelArgs
 
 # --rope-scaling-type choices: the plugin's RoPE types ("default" spelled "none").
-ROPE_SCALING_TYPES = ("none", "linear", "ntk", "dynamic", "yarn", "yarn_pose", "llama3", "longrope")
+ROPE_SCALING_TYPES = tuple("none" if t == "default" else t for t in rope.ROPE_TYPES)
 
 # Flag dest -> (rope_scaling key, the types it applies to). The one list of RoPE parameters a
 # command line can set; `rope_scaling_from_args` turns them into an HF-style dict.
@@ -29,8 +30,6 @@ _ROPE_PARAMETER_FLAGS = {
 }
 ROPE_FLAG_DESTS = ("rope_scaling_type", "rope_scaling_factor", "rope_original_max_position",
                    *_ROPE_PARAMETER_FLAGS)
-# LLaMA 3.1's published values (HF's and Megatron-Core's defaults for llama3 scaling).
-LLAMA3_DEFAULTS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
 
 
 def add_pose_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -182,7 +181,7 @@ def rope_scaling_from_flags(args, *, original: int, target_len: int) -> dict | N
     if rope_type != "linear":  # HF's linear scaling has no such key
         scaling["original_max_position_embeddings"] = int(original)
     if rope_type == "llama3":
-        scaling.update(LLAMA3_DEFAULTS)
+        scaling.update(rope.LLAMA31_BANDS)
     for dest, (key, types) in _ROPE_PARAMETER_FLAGS.items():
         value = getattr(args, dest, None)
         if value is not None:
