@@ -8,7 +8,7 @@ import os
 from typing import Optional
 
 
-from pose_megatron import dtypes, publish
+from pose_megatron import dtypes, families, publish
 from pose_megatron.config import ModelArgs
 from pose_megatron.convert import bridge, hf_config, hf_io, megatron_io, weights
 
@@ -41,7 +41,7 @@ def _check_hf_shapes(hf: hf_io.HFCheckpoint, args: ModelArgs) -> None:
             raise ValueError(
                 f"{hf.directory}: shape mismatch for {name}: the checkpoint has {found}, "
                 f"config.json implies {shape}")
-    known = set(expected) | {"lm_head.weight"}
+    known = set(expected) | set(weights.hf_sources(families.OUTPUT_LAYER[0], args))  # tied too
     extra = [n for n in hf.names() if n not in known and "rotary_emb.inv_freq" not in n]
     if extra:
         raise ValueError(f"{hf.directory}: tensors the converter does not know: {extra[:5]}")
@@ -98,7 +98,7 @@ def hf_to_megatron(
     _check_hf_shapes(hf, args)
     if layout == "bridge":
         bridge.provider_fields(args)  # refuses a RoPE Bridge cannot compute, before writing
-    stored = hf.dtype("model.embed_tokens.weight")
+    stored = hf.dtype(weights.hf_sources(families.EMBEDDING[0], args)[0])
     target = dtypes.to_torch(dtype) if dtype is not None else stored
     args.torch_dtype = dtypes.name_of(target)
 
