@@ -82,12 +82,17 @@ def is_megatron_llama31(rope_scaling: Optional[dict]) -> bool:
         float(scaling.get(k, -1)) == v for k, v in LLAMA31_ROPE.items())
 
 
+def original_window(rope_scaling: Optional[dict], window: int) -> int:
+    """The window a RoPE scaling extends: its ``original_max_position_embeddings``, else
+    ``window`` (the model's max_position_embeddings, as HF falls back to)."""
+    return int((rope_scaling or {}).get("original_max_position_embeddings") or window)
+
+
 def scaled_window(rope_scaling: Optional[dict], window: int) -> int:
-    """The positions a RoPE scaling is made for: its original window (``window``, the model's
-    max_position_embeddings, where it names none) times its factor (1 where it has none)."""
-    scaling = rope_scaling or {}
-    original = int(scaling.get("original_max_position_embeddings", window))
-    return int(round(original * float(scaling.get("factor", 1.0))))
+    """The positions a RoPE scaling is made for: ``original_window`` times its factor (1 where
+    it has none)."""
+    factor = float((rope_scaling or {}).get("factor", 1.0))
+    return int(round(original_window(rope_scaling, window) * factor))
 
 
 def _is_number(value) -> bool:

@@ -31,6 +31,8 @@ def test_rope_tables_and_scaled_window():
                                "original_max_position_embeddings": 300}, 700) == 750
     assert rope.scaled_window({"rope_type": "linear", "factor": 3.0}, 700) == 2100
     assert rope.scaled_window(None, 700) == 700
+    assert (rope.original_window({"rope_type": "yarn", "original_max_position_embeddings": 300},
+                                 700), rope.original_window(None, 700)) == (300, 700)
 
 
 def test_one_tokenizer_loader_for_data_and_evaluation(tmp_path):

@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 
 from pose_megatron import dtypes, families
 from pose_megatron.config import ModelArgs
+from pose_megatron.rope import original_window, scaled_window
 
 # Rope types HF computes under the same name as the plugin.
 HF_NATIVE_ROPE = ("linear", "dynamic", "yarn", "llama3", "longrope")
@@ -133,7 +134,7 @@ def export_rope(args: ModelArgs, source: str = "the model's RoPE") -> Tuple[floa
         s = float(scaling["factor"])
         return args.rope_theta * s ** (d / (d - 2)), None
     if kind == "yarn_pose":
-        original = int(scaling.get("original_max_position_embeddings", args.max_position_embeddings))
+        original = original_window(scaling, args.max_position_embeddings)
         s = float(scaling["factor"])
         factors, mscale = yarn_pose_factors(args, scaling)
         hf = {
@@ -191,8 +192,6 @@ def exported_window(args: ModelArgs, scaling: Optional[dict]) -> int:
     number and silences the warning; it is also the length serving stacks cap the context at.
     """
     if scaling and scaling.get("rope_type") == "yarn" and scaling.get("factor"):
-        from pose_megatron.rope import scaled_window
-
         return scaled_window(scaling, args.max_position_embeddings)
     return args.max_position_embeddings
 

@@ -393,9 +393,8 @@ def rope_scaling_from_args(args, base: ModelArgs) -> dict | None:
     """The HF-style rope_scaling dict the flags ask for (None: plain RoPE; unset type: ``base``'s)."""
     if args.rope_scaling_type is None:
         return base.rope_scaling
-    original = args.rope_original_max_position or (
-        (base.rope_scaling or {}).get("original_max_position_embeddings")
-        or base.max_position_embeddings)
+    original = args.rope_original_max_position or rope.original_window(
+        base.rope_scaling, base.max_position_embeddings)
     return rope_scaling_from_flags(args, original=int(original), target_len=args.pose_target_len)
 
 
