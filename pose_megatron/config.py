@@ -80,15 +80,12 @@ class ModelArgs:
                                   max_position_embeddings=self.max_position_embeddings)
 
     @property
-    def rope_factor(self) -> float:
-        return float((self.rope_scaling or {}).get("factor", 1.0))
-
-    @property
     def max_position(self) -> int:
         """Exclusive upper bound of the position ids this model is meant to see."""
-        scaling = self.rope_scaling or {}
-        original = scaling.get("original_max_position_embeddings", self.max_position_embeddings)
-        return max(int(round(original * self.rope_factor)), self.max_position_embeddings)
+        from pose_megatron.rope import scaled_window
+
+        return max(scaled_window(self.rope_scaling, self.max_position_embeddings),
+                   self.max_position_embeddings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -28,6 +28,7 @@ import functools
 from typing import Any, Callable, Optional, Sequence
 
 from pose_megatron.positions import PoseSettings
+from pose_megatron.rope import scaled_window
 from pose_megatron.training.arguments import (POSE_FLAG_DESTS, ROPE_FLAG_DESTS,
                                               rope_scaling_from_flags)
 
@@ -109,8 +110,7 @@ def rope_settings(args) -> dict:
     flags = argparse.Namespace(**{dest: pose_arg(args, dest, None) for dest in ROPE_FLAG_DESTS})
     flags.rope_scaling_type = rope_type
     scaling = rope_scaling_from_flags(flags, original=int(original), target_len=target_len)
-    factor = float((scaling or {}).get("factor", 1.0))
-    max_position = max(int(round(original * factor)), original)
+    max_position = max(scaled_window(scaling, int(original)), original)
     if target_len > max_position:
         raise ValueError(f"--pose-target-len {target_len} exceeds the RoPE range {max_position}; "
                          "raise --rope-scaling-factor")

@@ -28,11 +28,17 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:  # imported where used: the constants and checks serve torch-free modules
+    import torch
 
 ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "yarn_pose", "llama3", "longrope")
+# LLaMA 3.1's published llama3 scaling: HF's defaults for the band factors, and the only values
+# Megatron-Core's ``rope_scaling: true`` (Megatron-LM's --use-rope-scaling, Bridge's provider)
+# applies, the window included (RotaryEmbedding._apply_scaling's defaults, unchanged 0.16-0.19).
+LLAMA31_BANDS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
+LLAMA31_ROPE = {**LLAMA31_BANDS, "original_max_position_embeddings": 8192}
 
 # Keys every type accepts: HF v5 puts rope_theta (and partial_rotary_factor) inside the dict.
 _COMMON_KEYS = {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
@@ -66,6 +72,27 @@ def rope_type_of(rope_scaling: Optional[dict]) -> str:
     if not rope_scaling:
         return "default"
     return rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
+
+
+def is_megatron_llama31(rope_scaling: Optional[dict]) -> bool:
+    """True for llama3 scaling with exactly Megatron-Core's constants (``LLAMA31_ROPE``), the one
+    llama3 RoPE Megatron-LM's flags and Bridge's provider can express."""
+    scaling = rope_scaling or {}
+    return rope_type_of(scaling) == "llama3" and all(
+        float(scaling.get(k, -1)) == v for k, v in LLAMA31_ROPE.items())
+
+
+def original_window(rope_scaling: Optional[dict], window: int) -> int:
+    """The window a RoPE scaling extends: its ``original_max_position_embeddings``, else
+    ``window`` (the model's max_position_embeddings, as HF falls back to)."""
+    return int((rope_scaling or {}).get("original_max_position_embeddings") or window)
+
+
+def scaled_window(rope_scaling: Optional[dict], window: int) -> int:
+    """The positions a RoPE scaling is made for: ``original_window`` times its factor (1 where
+    it has none)."""
+    factor = float((rope_scaling or {}).get("factor", 1.0))
+    return int(round(original_window(rope_scaling, window) * factor))
 
 
 def _is_number(value) -> bool:
@@ -198,6 +225,8 @@ def _rotary_dim(head_dim: int, scaling: dict) -> int:
 
 
 def _plain_inv_freq(base: float, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    import torch
+
     return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=dtype) / dim))
 
 
@@ -219,6 +248,8 @@ def _yarn_attention_factor(scaling: dict) -> float:
 
 def _yarn_ramp(scaling: dict, base: float, dim: int, dtype: torch.dtype) -> torch.Tensor:
     """Ramp over the dim//2 frequencies: 0 below the beta_fast boundary, 1 above beta_slow."""
+    import torch
+
     beta_fast = scaling.get("beta_fast") or 32
     beta_slow = scaling.get("beta_slow") or 1
     original = scaling["original_max_position_embeddings"]
@@ -242,7 +273,7 @@ def compute_inv_freq(
     *,
     seq_len: Optional[int] = None,
     max_position_embeddings: Optional[int] = None,
-    dtype: torch.dtype = torch.float64,
+    dtype: Optional[torch.dtype] = None,
 ) -> tuple[torch.Tensor, float]:
     """Inverse frequencies ``[rotary_dim // 2]`` and the attention scaling for one RoPE config.
 
@@ -251,7 +282,11 @@ def compute_inv_freq(
     forward-time arithmetic (float32 base), an int its init-time one (float64 base); ``max_position_embeddings`` is the HF config's
     value, needed by ``dynamic`` and as HF's fallback for ``original_max_position_embeddings``.
     The attention scaling multiplies both cos and sin (so attention logits scale by its square).
+    ``dtype`` defaults to float64 (the reference values).
     """
+    import torch
+
+    dtype = torch.float64 if dtype is None else dtype
     scaling = validate_rope_scaling(rope_scaling, max_position_embeddings=max_position_embeddings)
     rope_type = scaling["rope_type"]
     base = rope_theta

@@ -12,19 +12,18 @@ from typing import Optional
 
 import torch
 
-from pose_megatron.config import ModelArgs
+from pose_megatron import dtypes
+from pose_megatron.config import CONFIG_FILENAME, ModelArgs
 from pose_megatron.checkpoint import store
 from pose_megatron.convert import weights
 
 
 def _resolve_dtype(dtype, args: ModelArgs) -> torch.dtype:
     if dtype is None:
-        return store.DTYPES[args.torch_dtype]
+        return dtypes.to_torch(args.torch_dtype, source=f"{CONFIG_FILENAME} torch_dtype")
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in store.DTYPES:
-        raise ValueError(f"dtype {dtype!r}: expected a torch dtype or one of bf16, fp16, fp32")
-    return store.DTYPES[dtype]
+    return dtypes.to_torch(dtype, source="dtype", also=("a torch dtype",))
 
 
 def _load_dist(model, path: str, *, translate: bool = False) -> None:

@@ -41,14 +41,6 @@ CHECKPOINT_VERSION = 3.0
 FORMATS = ("torch_dist", "legacy")
 _RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-          "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
-
-
 class CheckpointReadError(ValueError):
     """A checkpoint that exists but cannot be read (missing or damaged files)."""
 
@@ -636,4 +628,4 @@ def open_checkpoint(ckpt_dir: str, iteration: Optional[int] = None):
 
 
 __all__ = ["CONFIG_FILENAME", "write_dist", "write_legacy", "open_checkpoint",
-           "converter_model", "FORMATS", "DTYPES"]
+           "converter_model", "FORMATS"]

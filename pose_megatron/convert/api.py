@@ -8,7 +8,7 @@ import os
 from typing import Optional
 
 
-from pose_megatron import publish
+from pose_megatron import dtypes, families, publish
 from pose_megatron.config import ModelArgs
 from pose_megatron.checkpoint import store
 from pose_megatron.convert import bridge, hf_config, hf_io, weights
@@ -41,7 +41,7 @@ def _check_hf_shapes(hf: hf_io.HFCheckpoint, args: ModelArgs) -> None:
             raise ValueError(
                 f"{hf.directory}: shape mismatch for {name}: the checkpoint has {found}, "
                 f"config.json implies {shape}")
-    known = set(expected) | {"lm_head.weight"}
+    known = set(expected) | set(weights.hf_sources(families.OUTPUT_LAYER[0], args))  # tied too
     extra = [n for n in hf.names() if n not in known and "rotary_emb.inv_freq" not in n]
     if extra:
         raise ValueError(f"{hf.directory}: tensors the converter does not know: {extra[:5]}")
@@ -98,11 +98,9 @@ def hf_to_megatron(
     _check_hf_shapes(hf, args)
     if layout == "bridge":
         bridge.provider_fields(args)  # refuses a RoPE Bridge cannot compute, before writing
-    stored = hf.dtype("model.embed_tokens.weight")
-    if dtype is not None and dtype not in store.DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: expected one of bf16, fp16, fp32")
-    target = store.DTYPES[dtype] if dtype else stored
-    args.torch_dtype = store.dtype_name(target)
+    stored = hf.dtype(weights.hf_sources(families.EMBEDDING[0], args)[0])
+    target = dtypes.to_torch(dtype) if dtype is not None else stored
+    args.torch_dtype = dtypes.name_of(target)
 
     def get_global(name):
         tensors = [hf.get(n) for n in weights.hf_sources(name, args)]
@@ -155,11 +153,9 @@ def megatron_to_hf(
     publish.check_output_apart(out, inputs)
     publish.check_replaceable(out, force)
     args, reader, _fmt = store.open_checkpoint(megatron_dir, iteration)
-    if dtype is not None and dtype not in store.DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: expected one of bf16, fp16, fp32")
-    target = store.DTYPES[dtype] if dtype else None
+    target = dtypes.to_torch(dtype) if dtype is not None else None
     config = hf_config.hf_config_from_args(
-        args, store.dtype_name(target) if target else None)  # refuses unknown RoPE first
+        args, dtypes.name_of(target) if target else None)  # refuses unknown RoPE first
     names = weights.megatron_names(args)
     # from the shapes, not the tensors: a legacy reader would merge TP shards twice
     itemsize = reader.get(names[0]).element_size()

@@ -35,20 +35,17 @@ import io
 import os
 from typing import Any, Optional
 
-from pose_megatron import families, publish
+from pose_megatron import dtypes, families, publish
 from pose_megatron.config import ModelArgs
+from pose_megatron.rope import LLAMA31_ROPE, is_megatron_llama31
 
 RUN_CONFIG = "run_config.yaml"
 TRAIN_STATE = "train_state.pt"
 TRAIN_STATE_TRACKER = "latest_train_state.pt"
 PROVIDER_TARGET = "megatron.bridge.models.gpt_provider.GPTModelProvider"
 CONTAINER_TARGET = "megatron.bridge.training.config.ConfigContainer"
-# Megatron-Core's LLaMA 3.1 constants (the only ones its ``rope_scaling: true`` applies).
-_LLAMA3 = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
-           "original_max_position_embeddings": 8192}
 # Providers of other architectures (the field checks below would refuse them too, less clearly).
 _NOT_GPT = ("Mamba", "Hybrid", "T5", "VL", "Bert", "MLA")
-_DTYPES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
 # HF's YaRN defaults (modeling_rope_utils: ``beta_fast or 32``, ``beta_slow or 1``, truncate True).
 _YARN_BETAS = (32.0, 1.0)
 
@@ -162,7 +159,7 @@ def model_args_from_run_config(path: str) -> ModelArgs:
     window = int(get("seq_length", required=True))
     scaling = _rope_from_provider(model, bad)
     dtype = ("bfloat16" if model.get("bf16") else "float16" if model.get("fp16") else
-             _DTYPES.get(_target(model.get("params_dtype")), "float32"))
+             dtypes.lookup(_target(model.get("params_dtype")), "float32"))
     try:
         return ModelArgs(
             family=family.name, vocab_size=vocab, hidden_size=hidden,
@@ -188,7 +185,7 @@ def _rope_from_provider(model: dict, bad) -> Optional[dict]:
     scaling = None
     if model.get("rope_scaling"):
         scaling = {"rope_type": "llama3", "factor": float(model.get("rope_scaling_factor", 8.0)),
-                   **_LLAMA3}
+                   **LLAMA31_ROPE}
     interpolation = model.get("seq_len_interpolation_factor")
     if interpolation not in (None, 1, 1.0):
         if scaling is not None:
@@ -287,7 +284,7 @@ def provider_fields(args: ModelArgs) -> dict:
     kind = scaling.get("rope_type")
     rope: dict = {"rope_scaling": False, "rope_scaling_factor": 1.0,
                   "seq_len_interpolation_factor": None}
-    if kind == "llama3" and all(float(scaling.get(k, -1)) == v for k, v in _LLAMA3.items()):
+    if is_megatron_llama31(scaling):
         rope.update(rope_scaling=True, rope_scaling_factor=float(scaling["factor"]))
     elif kind == "linear":
         rope["seq_len_interpolation_factor"] = float(scaling["factor"])
@@ -298,7 +295,7 @@ def provider_fields(args: ModelArgs) -> dict:
             f"--layout bridge: RoPE {kind!r} ({scaling}) has no Megatron-Bridge GPTModelProvider "
             "equivalent (it has plain, LLaMA 3.1 with Megatron's constants, linear and YaRN); "
             "Bridge would load the weights with another RoPE. Use --layout megatron")
-    dtype = {ours: theirs for theirs, ours in _DTYPES.items()}[args.torch_dtype]
+    dtype = "torch." + dtypes.canonical(args.torch_dtype, source="torch_dtype")
     return {
         "_target_": PROVIDER_TARGET,
         "num_layers": args.num_layers, "hidden_size": args.hidden_size,

@@ -17,8 +17,7 @@ import json
 import os
 import sys
 
-from pose_megatron import publish
-from pose_megatron.checkpoint.store import DTYPES, dtype_name
+from pose_megatron import dtypes, publish
 
 GGUF_MAGIC = b"GGUF"
 #: Keys of config.json that only describe how the GGUF file was read, never the model.
@@ -85,14 +84,13 @@ def gguf_to_hf(gguf_path: str, out: str, *, dtype: str = "fp32", force: bool = F
 
     Returns a summary (architecture, layers, dtype, parameter count, files written).
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: expected one of bf16, fp16, fp32")
+    name = dtypes.canonical(dtype)  # before anything is read
     path = check_gguf_file(gguf_path)
     try:
         arch = gguf_architecture(path)
     except ImportError:
         raise ImportError("reading GGUF needs the 'gguf' package: pip install gguf") from None
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = dtypes.to_torch(name)
 
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -102,7 +100,7 @@ def gguf_to_hf(gguf_path: str, out: str, *, dtype: str = "fp32", force: bool = F
     with publish.publish_dir(out, force=force) as tmp:
         _say(f"reading the tokenizer and chat template of {filename}", progress)
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
-        _say(f"unpacking the {arch} weights of {filename} to {dtype_name(torch_dtype)}", progress)
+        _say(f"unpacking the {arch} weights of {filename} to {name}", progress)
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 directory, gguf_file=filename, dtype=torch_dtype,
@@ -128,6 +126,6 @@ def gguf_to_hf(gguf_path: str, out: str, *, dtype: str = "fp32", force: bool = F
         files = sorted(os.listdir(tmp))
         config = model.config
     return {"architecture": arch, "model_type": config.model_type,
-            "layers": config.num_hidden_layers, "dtype": dtype_name(torch_dtype),
+            "layers": config.num_hidden_layers, "dtype": name,
             "parameters": n_params, "files": files,
             "chat_template": "chat_template.jinja" in files}

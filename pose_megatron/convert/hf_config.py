@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from pose_megatron import families
+from pose_megatron import dtypes, families
 from pose_megatron.config import ModelArgs
+from pose_megatron.rope import original_window, scaled_window
 
 # Rope types HF computes under the same name as the plugin.
 HF_NATIVE_ROPE = ("linear", "dynamic", "yarn", "llama3", "longrope")
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
-           "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def read_rope(cfg: dict, source: str = "config.json") -> Tuple[float, Optional[dict]]:
@@ -90,7 +89,7 @@ def args_from_hf_config(cfg: dict, source: str = "config.json") -> ModelArgs:
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_id=cfg.get("eos_token_id"),
         pad_token_id=cfg.get("pad_token_id"),
-        torch_dtype=_DTYPES.get(str(dtype), "float32"),
+        torch_dtype=dtypes.lookup(dtype, "float32"),
     )
 
 
@@ -135,7 +134,7 @@ def export_rope(args: ModelArgs, source: str = "the model's RoPE") -> Tuple[floa
         s = float(scaling["factor"])
         return args.rope_theta * s ** (d / (d - 2)), None
     if kind == "yarn_pose":
-        original = int(scaling.get("original_max_position_embeddings", args.max_position_embeddings))
+        original = original_window(scaling, args.max_position_embeddings)
         s = float(scaling["factor"])
         factors, mscale = yarn_pose_factors(args, scaling)
         hf = {
@@ -193,8 +192,7 @@ def exported_window(args: ModelArgs, scaling: Optional[dict]) -> int:
     number and silences the warning; it is also the length serving stacks cap the context at.
     """
     if scaling and scaling.get("rope_type") == "yarn" and scaling.get("factor"):
-        original = int(scaling.get("original_max_position_embeddings", args.max_position_embeddings))
-        return int(round(original * float(scaling["factor"])))
+        return scaled_window(scaling, args.max_position_embeddings)
     return args.max_position_embeddings
 
 

@@ -31,11 +31,8 @@ import functools
 from typing import Any, Optional
 
 from pose_megatron.config import ModelArgs
+from pose_megatron.rope import LLAMA31_ROPE, is_megatron_llama31
 
-# Megatron-LM's LLaMA 3.1 scaling (``--use-rope-scaling``) has fixed constants: megatron-core's
-# RotaryEmbedding._apply_scaling defaults, unchanged 0.16-0.19.
-MEGATRON_LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                        "original_max_position_embeddings": 8192}
 CKPT_FORMATS = {"torch_dist": "torch_dist", "legacy": "torch"}
 
 # Flags Megatron-LM's arguments.py defines by hand (not generated from TransformerConfig): their
@@ -159,8 +156,7 @@ def megatron_lm_args(args: ModelArgs, *, fmt: str, tp: int = 1, pp: int = 1,
     """
     scaling = dict(args.rope_scaling or {})
     kind = scaling.get("rope_type")
-    llama3 = kind == "llama3" and all(
-        float(scaling.get(k, -1)) == v for k, v in MEGATRON_LLAMA3_ROPE.items())
+    llama3 = is_megatron_llama31(scaling)
     factor = float(scaling.get("factor", 1.0))
     by_flag = {
         "--num-layers": args.num_layers, "--hidden-size": args.hidden_size,
@@ -223,7 +219,7 @@ def rope_from_megatron_lm(ns) -> tuple:
         return theta, rope["rope_scaling"], rope["max_position_embeddings"]
     if read_flag(ns, "--use-rope-scaling", "LLaMA 3.1 RoPE scaling switch"):
         factor = float(read_flag(ns, "--rope-scaling-factor", "LLaMA 3.1 RoPE scaling factor"))
-        return theta, {"rope_type": "llama3", "factor": factor, **MEGATRON_LLAMA3_ROPE}, window
+        return theta, {"rope_type": "llama3", "factor": factor, **LLAMA31_ROPE}, window
     interpolation = read_flag(ns, "--rotary-seq-len-interpolation-factor",
                               "linear RoPE interpolation factor")
     if interpolation not in (None, 1):

@@ -20,8 +20,10 @@ so no row permutation of q/k is needed (unlike Meta's original checkpoints).
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Dict, Iterator, List, Optional, Tuple
+import types
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -54,42 +56,49 @@ def layer_tensor_names(args: ModelArgs) -> Tuple[str, ...]:
     return families.get(args.family).layer_tensor_names
 
 
-def _tensor_table(args: ModelArgs) -> List[Tuple[str, Tuple[Tuple[str, str], ...]]]:
-    """(global Megatron name, ((HF name, shape), ...)) of every tensor, in HF file order: the
-    family's table (pose_megatron.families) with layer numbers filled in."""
-    rows = [families.EMBEDDING]
-    for layer in range(args.num_layers):
-        rows += [(f"decoder.layers.{layer}.{name}",
-                  tuple((f"model.layers.{layer}.{hf}", shape) for hf, shape in sources))
-                 for name, sources in families.get(args.family).layer]
-    rows.append(families.FINAL_NORM)
-    if not args.tie_word_embeddings:
-        rows.append(families.OUTPUT_LAYER)
-    return rows
+@functools.lru_cache(maxsize=8)
+def _name_map(family: str, num_layers: int) -> Mapping[str, Tuple[Tuple[str, str], ...]]:
+    rows = dict([families.EMBEDDING])
+    for layer in range(num_layers):
+        rows.update((f"decoder.layers.{layer}.{name}",
+                     tuple((f"model.layers.{layer}.{hf}", shape) for hf, shape in sources))
+                    for name, sources in families.get(family).layer)
+    rows.update((families.FINAL_NORM, families.OUTPUT_LAYER))
+    return types.MappingProxyType(rows)  # shared by every caller: read-only
+
+
+def tensor_map(args: ModelArgs) -> Mapping[str, Tuple[Tuple[str, str], ...]]:
+    """Global Megatron name -> ((HF name, shape), ...) of every tensor, in HF file order: the one
+    HF <-> Megatron name map, the family's table (``families``) with layer numbers filled in.
+    Import reads each Megatron tensor from its HF names, export writes it back under the same
+    names, so the map is never inverted. A tied model has no output layer of its own: its
+    entry stays (a PP > 1 last stage asks for it) but ``megatron_names`` leaves it out."""
+    return _name_map(args.family, args.num_layers)
+
+
+def _own_tensors(args: ModelArgs):
+    for name, sources in tensor_map(args).items():
+        if not (args.tie_word_embeddings and name == families.OUTPUT_LAYER[0]):
+            yield name, sources
 
 
 def megatron_names(args: ModelArgs) -> List[str]:
     """Every global Megatron tensor name of the model, in HF file order (embeddings first)."""
-    return [name for name, _ in _tensor_table(args)]
+    return [name for name, _ in _own_tensors(args)]
 
 
 def hf_sources(name: str, args: ModelArgs) -> Tuple[str, ...]:
     """The HF tensor names a global Megatron tensor is made of (in order)."""
-    if name == families.OUTPUT_LAYER[0]:  # also asked for tied models (a PP>1 last stage)
-        return tuple(hf for hf, _ in families.OUTPUT_LAYER[1])
-    match = _LAYER_RE.match(name)
-    rest, prefix = (match.group(2), f"model.layers.{match.group(1)}.") if match else (name, "")
-    table = dict(families.get(args.family).layer) if match else dict(
-        (families.EMBEDDING, families.FINAL_NORM))
-    if rest not in table:
+    sources = tensor_map(args).get(name)
+    if sources is None:
         raise KeyError(f"no HF counterpart for Megatron tensor {name!r} in family {args.family!r}")
-    return tuple(prefix + hf for hf, _ in table[rest])
+    return tuple(hf for hf, _ in sources)
 
 
 def hf_shapes(args: ModelArgs) -> Dict[str, Tuple[int, ...]]:
     """The shape each HF tensor must have for ``args`` (used to name mismatches clearly)."""
-    return {hf: families.shape(spec, args)
-            for _, sources in _tensor_table(args) for hf, spec in sources}
+    return {hf: families.shape(spec, args) for _, sources in _own_tensors(args)
+            for hf, spec in sources}
 
 
 def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: ModelArgs) -> torch.Tensor:

@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import os
-import struct
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -43,18 +42,17 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
-from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, get_bin_path, get_idx_path
+from megatron.core.datasets.indexed_dataset import IndexedDataset, get_idx_path
 from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.datasets.utils import Split
 
 from pose_megatron import publish
+from pose_megatron.data import indexed
 from pose_megatron.data import sample_index as sample_index_lib
 from pose_megatron.positions import PoseSettings
 
 logger = logging.getLogger(__name__)
 
-_HEADER = b"MMIDIDX\x00\x00"
-_HEADER_BYTES = 34
 # The PoSE settings that shape the sample index (not the seed: Megatron's own keys hold it).
 _POSE_CACHE_KEYS = ("train_len", "target_len", "num_chunks", "scheme", "content_offset",
                     "short_docs", "max_doc_len")
@@ -111,62 +109,6 @@ class PoseDatasetConfig(GPTDatasetConfig):
                              "(pose_megatron.training has a synthetic dataset for smoke runs)")
 
 
-def validate_indexed_dataset(path_prefix: str, vocab_size: Optional[int] = None) -> Dict[str, int]:
-    """Check a ``.bin``/``.idx`` pair before Megatron memory-maps it; errors name the file.
-
-    Catches what Megatron's reader would turn into bare asserts or silent garbage: missing files,
-    a foreign or truncated ``.idx``, a non-integer token dtype, a ``.bin`` whose size does not match
-    the ``.idx`` (truncated, or written with another dtype), and an empty corpus.
-    """
-    idx_path, bin_path = get_idx_path(path_prefix), get_bin_path(path_prefix)
-    for path in (idx_path, bin_path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: missing (dataset prefix {path_prefix!r})")
-    idx_size, bin_size = os.path.getsize(idx_path), os.path.getsize(bin_path)
-    if idx_size < _HEADER_BYTES:
-        raise ValueError(f"{idx_path}: {idx_size} bytes, shorter than a Megatron .idx header")
-    with open(idx_path, "rb") as f:
-        head = f.read(_HEADER_BYTES)
-    if head[:9] != _HEADER:
-        raise ValueError(f"{idx_path}: not a Megatron .idx file (bad magic {head[:9]!r})")
-    version, code, count, docs = struct.unpack("<QBQQ", head[9:])
-    if version != 1:
-        raise ValueError(f"{idx_path}: unsupported .idx version {version}")
-    try:
-        dtype = DType.dtype_from_code(code)
-    except ValueError:
-        raise ValueError(f"{idx_path}: unknown token dtype code {code}") from None
-    if not np.issubdtype(dtype, np.integer):
-        raise ValueError(f"{idx_path}: token dtype {dtype.__name__} is not an integer type; "
-                         f"token ids must be stored as uint16/int32")
-    if vocab_size is not None and vocab_size - 1 > np.iinfo(dtype).max:
-        raise ValueError(f"{idx_path}: token dtype {dtype.__name__} cannot hold ids of a "
-                         f"{vocab_size}-token vocabulary: wrong tokenizer or wrong file")
-    expected = _HEADER_BYTES + count * 4 + count * 8 + docs * 8
-    if idx_size != expected:
-        kind = "truncated" if idx_size < expected else "has trailing bytes"
-        raise ValueError(f"{idx_path}: {kind}: {idx_size} bytes, its header ({count} sequences, "
-                         f"{docs} document boundaries) needs {expected}")
-    if count == 0:
-        raise ValueError(f"{idx_path}: empty corpus (0 documents)")
-    if docs < 1:
-        raise ValueError(f"{idx_path}: no document boundaries")
-    mm = np.memmap(idx_path, mode="r", dtype=np.uint8)
-    lengths = np.frombuffer(mm, np.int32, count, _HEADER_BYTES)
-    pointers = np.frombuffer(mm, np.int64, count, _HEADER_BYTES + 4 * count)
-    last_doc = int(np.frombuffer(mm, np.int64, 1, _HEADER_BYTES + 12 * count + 8 * (docs - 1))[0])
-    if last_doc != count:
-        raise ValueError(f"{idx_path}: document boundaries end at {last_doc}, not at the "
-                         f"{count} sequences")
-    itemsize = np.dtype(dtype).itemsize
-    need = int(pointers[-1]) + int(lengths[-1]) * itemsize
-    if need != bin_size:
-        raise ValueError(
-            f"{bin_path}: {bin_size} bytes, but {idx_path} describes {need} bytes of "
-            f"{dtype.__name__} tokens: the pair is mismatched, truncated or of another dtype")
-    return {"sequences": int(count), "dtype_size": itemsize, "tokens": need // itemsize}
-
-
 _FINGERPRINTS: Dict[tuple, str] = {}
 
 
@@ -181,11 +123,11 @@ def corpus_fingerprint(path_prefix: str) -> str:
     st = os.stat(idx_path)
     key = (os.path.abspath(idx_path), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _FINGERPRINTS:
+        count = indexed.read_header(idx_path).sequences
         mm = np.memmap(idx_path, mode="r", dtype=np.uint8)
-        count = struct.unpack("<Q", bytes(mm[18:26]))[0]
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(mm[:_HEADER_BYTES])
-        digest.update(mm[_HEADER_BYTES:_HEADER_BYTES + 4 * count])
+        digest.update(mm[:indexed.HEADER_BYTES])
+        digest.update(mm[indexed.HEADER_BYTES:indexed.HEADER_BYTES + 4 * count])
         _FINGERPRINTS[key] = digest.hexdigest()
     return _FINGERPRINTS[key]
 
@@ -227,7 +169,7 @@ class PoseGPTDataset(MegatronDataset):
     @staticmethod
     def build_low_level_dataset(dataset_path: str, config: PoseDatasetConfig) -> IndexedDataset:
         vocab = getattr(config.tokenizer, "vocab_size", None)
-        validate_indexed_dataset(dataset_path, vocab if isinstance(vocab, int) else None)
+        indexed.check_indexed(dataset_path, vocab if isinstance(vocab, int) else None)
         return IndexedDataset(dataset_path, multimodal=False, mmap=config.mmap_bin_files)
 
     @staticmethod

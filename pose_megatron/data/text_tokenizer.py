@@ -1,16 +1,37 @@
-"""A tokenizer from local files, without Megatron: a sentencepiece ``.model`` file (LLaMA-1/2,
-the bundled corpus) or a Hugging Face tokenizer directory (LLaMA-3, Mistral, Qwen2) loaded with
-``AutoTokenizer`` without remote code.
+"""The package's one tokenizer loader, from local files, without Megatron: a sentencepiece
+``.model`` file (LLaMA-1/2, the bundled corpus; also a directory holding only
+``tokenizer.model``) or a Hugging Face tokenizer directory (LLaMA-3, Mistral, Qwen2) loaded with
+``AutoTokenizer`` from local files only and without remote code.
 
 Kept free of Megatron-Core and torch imports so preprocessing can load it and fork its workers
 in a fraction of a second; ``pose_megatron.data.tokenizers.PoseTokenizer`` wraps it for
-Megatron's dataset config.
+Megatron's dataset config, ``pose_megatron.eval.models.load_tokenizer`` for the evaluations.
 """
 
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import Callable, List, Optional
+
+# Files whose presence makes a directory a HF tokenizer (tokenizer.model alone does not: see
+# ``_resolve``).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+
+
+def _resolve(path: str) -> str:
+    """``path``, or the sentencepiece file of a directory that holds only ``tokenizer.model`` (a
+    checkpoint's tokenizer/ of a LLaMA-2 model): transformers would try to convert that file (and
+    ask for tiktoken) instead of reading it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"tokenizer {path!r} does not exist")
+    if os.path.isdir(path) and not any(
+            os.path.exists(os.path.join(path, name)) for name in HF_TOKENIZER_FILES):
+        model_file = os.path.join(path, "tokenizer.model")
+        if not os.path.isfile(model_file):
+            raise ValueError(f"{path} holds no tokenizer: expected tokenizer.json, "
+                             f"tokenizer_config.json or a sentencepiece tokenizer.model")
+        return model_file
+    return path
 
 
 class LocalTokenizer:
@@ -18,9 +39,7 @@ class LocalTokenizer:
     (-1 where it has none, likewise ``bos`` and ``pad``)."""
 
     def __init__(self, path: str):
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"tokenizer {path!r} does not exist")
+        path = _resolve(os.fspath(path))
         self.path = path
         self.kind = "hf" if os.path.isdir(path) else "sentencepiece"
         if self.kind == "sentencepiece":
@@ -66,11 +85,25 @@ class LocalTokenizer:
         return self._hf(texts, add_special_tokens=False, return_attention_mask=False,
                         return_token_type_ids=False)["input_ids"]
 
-    def detokenize(self, ids) -> str:
+    def detokenize(self, ids, skip_special_tokens: bool = False) -> str:
+        """Text of ``ids``; sentencepiece drops its control tokens (BOS/EOS) either way."""
         ids = [int(i) for i in ids]
         if self.kind == "sentencepiece":
             return self._sp.DecodeIds(ids)
-        return self._hf.decode(ids)
+        return self._hf.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def chat_renderer(self) -> Optional[Callable[[str], str]]:
+        """One user message -> the chat-formatted prompt text with the assistant turn opened;
+        None when the tokenizer has no chat template (sentencepiece files, base models)."""
+        if self.kind == "sentencepiece" or not getattr(self._hf, "chat_template", None):
+            return None
+        hf = self._hf
+
+        def render(content: str) -> str:
+            return hf.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                          add_generation_prompt=True)
+
+        return render
 
     def vocab(self):
         if self.kind == "sentencepiece":

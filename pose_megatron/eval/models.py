@@ -27,12 +27,12 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
+from pose_megatron import dtypes
 from pose_megatron.config import CONFIG_FILENAME
 
 # RoPE types whose HF implementation needs the pretraining window, which we take from the model's
 # own max_position_embeddings when the override does not name it.
 _NEEDS_ORIGINAL_WINDOW = ("yarn", "llama3", "longrope")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,9 +79,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` is float32 on the CPU (bfloat16 matmuls are slow there) and bfloat16 on a GPU."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in _DTYPES:
-        raise ValueError(f"--dtype must be one of auto, {', '.join(_DTYPES)}; got {name!r}")
-    return _DTYPES[name]
+    return dtypes.to_torch(name, source="--dtype", also=("auto",))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,62 +101,24 @@ class TextTokenizer:
     render_chat: Optional[Callable[[str], str]] = None
 
 
-_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
-
-
 def load_tokenizer(path: str) -> TextTokenizer:
     """A sentencepiece ``.model`` file (or a directory holding only ``tokenizer.model``) or a HF
-    tokenizer directory."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"tokenizer not found: {path}")
-    if os.path.isdir(path) and not any(
-            os.path.exists(os.path.join(path, name)) for name in _HF_TOKENIZER_FILES):
-        # A checkpoint's tokenizer/ holding only a sentencepiece tokenizer.model: transformers
-        # would try to convert it (and ask for tiktoken); read it as the sentencepiece file.
-        model_file = os.path.join(path, "tokenizer.model")
-        if not os.path.isfile(model_file):
-            raise ValueError(f"{path} holds no tokenizer: expected tokenizer.json, "
-                             f"tokenizer_config.json or a sentencepiece tokenizer.model; pass "
-                             f"--tokenizer")
-        path = model_file
-    if os.path.isfile(path):
-        import sentencepiece as spm
+    tokenizer directory, read by the package's one loader (``LocalTokenizer``)."""
+    from pose_megatron.data.text_tokenizer import LocalTokenizer
 
-        try:
-            sp = spm.SentencePieceProcessor(model_file=path)
-        except Exception as exc:  # sentencepiece raises bare RuntimeError/OSError
-            raise ValueError(f"{path} is not a sentencepiece model file: {exc}") from None
+    local = LocalTokenizer(path)
 
-        def _id_or_none(i: int) -> Optional[int]:
-            return None if i < 0 else int(i)
-
-        return TextTokenizer(
-            encode=lambda text: list(sp.encode(text)),
-            decode=lambda ids: sp.decode([int(i) for i in ids]),
-            bos_id=_id_or_none(sp.bos_id()),
-            eos_id=_id_or_none(sp.eos_id()),
-            vocab_size=int(sp.get_piece_size()),
-            source=path,
-        )
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} holds no usable HF tokenizer: {exc}") from None
-
-    def render_chat(content: str) -> str:
-        return tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                       add_generation_prompt=True)
+    def _id_or_none(i: int) -> Optional[int]:
+        return None if i < 0 else int(i)
 
     return TextTokenizer(
-        encode=lambda text: list(tok.encode(text, add_special_tokens=False)),
-        decode=lambda ids: tok.decode([int(i) for i in ids], skip_special_tokens=True),
-        bos_id=tok.bos_token_id,
-        eos_id=tok.eos_token_id,
-        vocab_size=len(tok),
-        source=path,
-        render_chat=render_chat if getattr(tok, "chat_template", None) else None,
+        encode=lambda text: list(local.tokenize(text)),
+        decode=lambda ids: local.detokenize(ids, skip_special_tokens=True),
+        bos_id=_id_or_none(local.bos),
+        eos_id=_id_or_none(local.eod),
+        vocab_size=local.vocab_size,
+        source=local.path,
+        render_chat=local.chat_renderer(),
     )
 
 
@@ -242,9 +202,11 @@ def _apply_rope_override(config, rope_scaling: dict) -> None:
     if kind in ("linear", "yarn", "llama3") and override.get("factor"):
         # The extended window, as PI/YaRN checkpoints record it; these types read their
         # scaling from the override alone, so this only informs generate's length checks.
-        original = override.get("original_max_position_embeddings", config.max_position_embeddings)
-        config.max_position_embeddings = max(config.max_position_embeddings,
-                                             int(round(original * float(override["factor"]))))
+        from pose_megatron.rope import scaled_window
+
+        config.max_position_embeddings = max(
+            config.max_position_embeddings,
+            scaled_window(override, config.max_position_embeddings))
     if hasattr(config, "rope_parameters"):
         current = dict(getattr(config, "rope_parameters", None) or {})
         theta = current.get("rope_theta", getattr(config, "rope_theta", None))

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from pose_megatron import rope
 from pose_megatron.config import ModelArgs
 
 # --rope-scaling-type choices: the plugin's RoPE types ("default" spelled "none").
-ROPE_SCALING_TYPES = ("none", "linear", "ntk", "dynamic", "yarn", "yarn_pose", "llama3", "longrope")
+ROPE_SCALING_TYPES = tuple("none" if t == "default" else t for t in rope.ROPE_TYPES)
 
 # Flag dest -> (rope_scaling key, the types it applies to). The one list of RoPE parameters a
 # command line can set; `rope_scaling_from_args` turns them into an HF-style dict.
@@ -32,8 +33,6 @@ ROPE_FLAG_DESTS = ("rope_scaling_type", "rope_scaling_factor", "rope_original_ma
 # The PoSE flags' dests: what PoseSettings.from_flags reads (with --seed).
 POSE_FLAG_DESTS = ("pose_train_len", "pose_target_len", "pose_num_chunks", "pose_scheme",
                    "pose_content_offset", "pose_short_docs", "pose_max_doc_len")
-# LLaMA 3.1's published values (HF's and Megatron-Core's defaults for llama3 scaling).
-LLAMA3_DEFAULTS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
 
 
 def add_pose_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -185,7 +184,7 @@ def rope_scaling_from_flags(args, *, original: int, target_len: int) -> dict | N
     if rope_type != "linear":  # HF's linear scaling has no such key
         scaling["original_max_position_embeddings"] = int(original)
     if rope_type == "llama3":
-        scaling.update(LLAMA3_DEFAULTS)
+        scaling.update(rope.LLAMA31_BANDS)
     for dest, (key, types) in _ROPE_PARAMETER_FLAGS.items():
         value = getattr(args, dest, None)
         if value is not None:
@@ -397,9 +396,8 @@ def rope_scaling_from_args(args, base: ModelArgs) -> dict | None:
     """The HF-style rope_scaling dict the flags ask for (None: plain RoPE; unset type: ``base``'s)."""
     if args.rope_scaling_type is None:
         return base.rope_scaling
-    original = args.rope_original_max_position or (
-        (base.rope_scaling or {}).get("original_max_position_embeddings")
-        or base.max_position_embeddings)
+    original = args.rope_original_max_position or rope.original_window(
+        base.rope_scaling, base.max_position_embeddings)
     return rope_scaling_from_flags(args, original=int(original), target_len=args.pose_target_len)
 
 

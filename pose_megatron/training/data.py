@@ -6,11 +6,8 @@ The datasets themselves are ``pose_megatron.data``'s: ``PoseGPTDataset`` (a Mega
 
 from __future__ import annotations
 
-import os
-
 from typing import Iterator
 
-import numpy as np
 
 from pose_megatron.errors import UsageError
 from pose_megatron.positions import PoseSettings
@@ -44,29 +41,6 @@ def batch_iterator(dataset, consumed_samples: int, micro_batch_size: int, dp_siz
         yield collate(dataset[i] for i in indices)
 
 
-def check_indexed_dataset(prefix: str) -> None:
-    """Refuse a missing, truncated or mismatched ``PREFIX.bin`` / ``PREFIX.idx`` pair up front
-    (Megatron would fail on the first sample it cannot read, or read past a document)."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    for ext in (".bin", ".idx"):
-        if not os.path.isfile(prefix + ext):
-            raise FileNotFoundError(f"--data-path {prefix}: {prefix + ext} not found")
-    try:
-        index = IndexedDataset(prefix, mmap=True).index
-        lengths, pointers = index.sequence_lengths, index.sequence_pointers
-        itemsize = np.dtype(index.dtype).itemsize
-    except Exception as err:  # noqa: BLE001 - Megatron asserts on a bad header
-        raise ValueError(f"--data-path {prefix}: {prefix}.idx is not a Megatron index "
-                         f"({type(err).__name__}: {err})") from None
-    expected = int(pointers[-1]) + int(lengths[-1]) * itemsize if len(lengths) else 0
-    actual = os.path.getsize(prefix + ".bin")
-    if expected != actual:
-        raise ValueError(
-            f"--data-path {prefix}: {prefix}.idx describes {expected} bytes of tokens but "
-            f"{prefix}.bin has {actual}: a truncated .bin, or an .idx of another .bin")
-
-
 def check_data_inputs(args, vocab_size: int):
     """Check --data-path and --tokenizer-model against each other and the model; returns the
     tokenizer."""
@@ -83,9 +57,11 @@ def check_data_inputs(args, vocab_size: int):
             f"--tokenizer-model {args.tokenizer_model} has {tokenizer.vocab_size} tokens but the "
             f"model's vocabulary has {vocab_size} (--vocab-size or the checkpoint's): token ids "
             "would fall outside the embedding")
+    from pose_megatron.data.indexed import check_indexed
+
     prefixes, _ = get_blend_from_list(args.data_path)
     for prefix in prefixes:
-        check_indexed_dataset(prefix)
+        check_indexed(prefix, tokenizer.vocab_size, flag="--data-path")
     return tokenizer
 
 

@@ -87,9 +87,10 @@ def layer_spec(args, device: str) -> str:
 
 def _original_window(args, base) -> int:
     # the same precedence as arguments.rope_scaling_from_args
+    from pose_megatron.rope import original_window
+
     return int(args.rope_original_max_position
-               or (base.rope_scaling or {}).get("original_max_position_embeddings")
-               or base.max_position_embeddings)
+               or original_window(base.rope_scaling, base.max_position_embeddings))
 
 
 def check_target_window(args, base, where: str) -> None:
