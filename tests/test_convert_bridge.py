@@ -19,6 +19,8 @@ import torch
 import yaml
 
 from pose_megatron import cli
+from pose_megatron.commands import convert_hf_to_megatron as to_megatron
+from pose_megatron.commands import convert_megatron_to_hf as to_hf
 from pose_megatron.convert import bridge, megatron_io
 from tests.distributed import run_distributed
 
@@ -27,10 +29,6 @@ FIXTURE = os.path.join(ROOT, "tests", "fixtures", "bridge")
 BRIDGE_CKPT = os.path.join(FIXTURE, "bridge_ckpt")
 BRIDGE_ITER = os.path.join(BRIDGE_CKPT, "iter_0000000")
 HF = os.path.join(FIXTURE, "hf")
-sys.path.insert(0, ROOT)
-
-from tools import convert_hf_to_megatron as to_megatron  # noqa: E402
-from tools import convert_megatron_to_hf as to_hf  # noqa: E402
 
 
 def _inputs():
