@@ -64,5 +64,9 @@ setup(
         # Transformer Engine and apex need CUDA; they are detected at run time, never required.
         "gpu": ["transformer-engine[pytorch]"],
     },
-    entry_points={},
+    # pose-<tool> runs pose_megatron/commands/<tool>.py (tools/<tool>.py and python -m too)
+    entry_points={"console_scripts": [
+        f"pose-{name.replace('_', '-')} = pose_megatron.commands.{name}:run" for name in (
+            "convert_hf_to_megatron", "convert_megatron_to_hf", "eval_passkey", "eval_ppl",
+            "eval_ruler", "import_gguf", "make_tiny_llama", "preprocess_data", "train")]},
 )

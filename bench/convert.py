@@ -127,7 +127,7 @@ def timed(cmd) -> tuple:
     The page cache is flushed first (untimed), so no step pays for writing back the previous
     step's output."""
     os.sync()
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -158,7 +158,6 @@ def main(argv=None) -> int:
                         "shared machine varies by 2x between runs, so use 3 for figures)")
     opts = p.parse_args(argv)
 
-    sys.path.insert(0, ROOT)
     work = opts.workdir or tempfile.mkdtemp(prefix="convbench-")
     os.makedirs(work, exist_ok=True)
     py = sys.executable

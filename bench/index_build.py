@@ -32,8 +32,6 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 _HEADER = b"MMIDIDX\x00\x00"
 

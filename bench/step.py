@@ -22,16 +22,11 @@ import argparse
 import contextlib
 import io
 import math
-import os
 import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-
-from step_time import training_argv  # noqa: E402
+from step_time import training_argv
 
 
 def parse_args(argv=None):

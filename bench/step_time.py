@@ -19,8 +19,6 @@ import shlex
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _measure(queue, argv, steps_timed):
     sys.stdout = open(os.devnull, "w")  # the loop's per-step lines; the table is the output

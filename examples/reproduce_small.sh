@@ -150,18 +150,11 @@ train base --num-layers $LAYERS --hidden-size $HIDDEN --num-attention-heads $HEA
 
 # A training checkpoint resumes (iteration, schedule); the extensions start from the base weights
 # at iteration 0, which a release checkpoint gives: round-trip the base through the converters.
-# (Run from a file: Megatron's checkpoint writer starts a spawn-based multiprocessing Manager,
-# which cannot re-import a script read from stdin.)
 if [ ! -f "$OUT/ckpt/base_release/pose_model.json" ]; then
-  cat > "$OUT/ckpt/make_release.py" <<'EOF'
-import sys
-from pose_megatron.convert import hf_to_megatron, megatron_to_hf
-if __name__ == "__main__":
-    ckpt = sys.argv[1]
-    megatron_to_hf(f"{ckpt}/base", f"{ckpt}/base_hf", force=True, progress=False)
-    hf_to_megatron(f"{ckpt}/base_hf", f"{ckpt}/base_release", force=True, progress=False)
-EOF
-  PYTHONPATH=. $PY "$OUT/ckpt/make_release.py" "$OUT/ckpt"
+  $PY tools/convert_megatron_to_hf.py --megatron-dir "$OUT/ckpt/base" --out "$OUT/ckpt/base_hf" \
+    --force --no-progress
+  $PY tools/convert_hf_to_megatron.py --hf-dir "$OUT/ckpt/base_hf" --out "$OUT/ckpt/base_release" \
+    --force --no-progress
 fi
 
 echo "== 4. extensions to $TARGET tokens (x$FACTOR)"

@@ -113,8 +113,10 @@ def write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-def write_json(path: str, data) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_json(path: str, data, *, sort_keys: bool = True) -> str:
+    """Replace the file ``path`` by ``data`` as indented JSON, atomically; returns ``path``."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+    return path
 
 
 # ----------------------------------------------------------------------------- a full disk

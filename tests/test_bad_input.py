@@ -19,15 +19,13 @@ import sys
 import pytest
 
 from pose_megatron import errors, publish
+from pose_megatron.commands import convert_hf_to_megatron as to_megatron
+from pose_megatron.commands import convert_megatron_to_hf as to_hf
 from tests.distributed import child_env
 from tests.test_convert_fixtures import make_hf_model, save_hf_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
-sys.path.insert(0, ROOT)
-
-from tools import convert_hf_to_megatron as to_megatron  # noqa: E402
-from tools import convert_megatron_to_hf as to_hf  # noqa: E402
 
 
 def _tree_digest(path) -> dict:
@@ -43,10 +41,10 @@ def _tree_digest(path) -> dict:
 
 def _one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1, err
+    found = [line for line in lines if line.startswith("error: ")]
+    assert len(found) == 1, err
     assert "Traceback" not in err, err
-    return errors[0]
+    return found[0]
 
 
 def _run(tool_main, argv, capsys):
@@ -237,7 +235,7 @@ def test_damaged_hf_directory_is_one_line_naming_the_file(project, tmp_path, dam
 @pytest.mark.parametrize("damage", ["truncated shard", "header-truncated shard"])
 def test_damaged_hf_model_given_to_an_evaluation_is_one_line_naming_the_file(
         project, tmp_path, damage, capsys):
-    from tools import eval_ppl
+    from pose_megatron.commands import eval_ppl
 
     hf = _broken_hf(project, tmp_path, damage)
     code, line = _run(eval_ppl.main, ["--model", hf, "--data", __file__, "--lengths", "32",

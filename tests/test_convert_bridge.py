@@ -19,6 +19,8 @@ import torch
 import yaml
 
 from pose_megatron import errors
+from pose_megatron.commands import convert_hf_to_megatron as to_megatron
+from pose_megatron.commands import convert_megatron_to_hf as to_hf
 from pose_megatron.checkpoint import store
 from pose_megatron.convert import bridge
 from tests.distributed import run_distributed
@@ -28,10 +30,6 @@ FIXTURE = os.path.join(ROOT, "tests", "fixtures", "bridge")
 BRIDGE_CKPT = os.path.join(FIXTURE, "bridge_ckpt")
 BRIDGE_ITER = os.path.join(BRIDGE_CKPT, "iter_0000000")
 HF = os.path.join(FIXTURE, "hf")
-sys.path.insert(0, ROOT)
-
-from tools import convert_hf_to_megatron as to_megatron  # noqa: E402
-from tools import convert_megatron_to_hf as to_hf  # noqa: E402
 
 
 def _inputs():
@@ -51,9 +49,9 @@ def _run(tool_main, argv, capsys):
     capsys.readouterr()
     code = errors.run(tool_main, argv, exit=False)
     err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert "Traceback" not in err, err
-    return code, (errors[0] if len(errors) == 1 else err)
+    return code, (lines[0] if len(lines) == 1 else err)
 
 
 def test_model_args_from_bridges_run_config():

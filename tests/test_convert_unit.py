@@ -268,7 +268,7 @@ def test_reverse_refuses_unexportable_rope(hf_dir, tmp_path):
 
 
 def test_cli_reports_errors_and_help(hf_dir, tmp_path, capsys):
-    from tools import convert_hf_to_megatron as cli
+    from pose_megatron.commands import convert_hf_to_megatron as cli
 
     assert cli.main(["--hf-dir", hf_dir, "--out", str(tmp_path / "o"), "--tp", "3",
                      "--no-progress"]) == 2

@@ -2,7 +2,7 @@
 independent solver, RULER's scoring on hand cases, determinism, and the tool end to end."""
 
 import collections
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -299,11 +299,7 @@ def test_evaluate_task_scores_a_scripted_model(builders):
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "eval_ruler", os.path.join(ROOT, "tools", "eval_ruler.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("pose_megatron.commands.eval_ruler")
 
 
 def test_help_explains_every_flag():

@@ -1,6 +1,6 @@
 """tools/eval_passkey.py and tools/eval_ppl.py end to end on a tiny real LLaMA."""
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -19,10 +19,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"pose_megatron.commands.{name}")
 
 
 @pytest.mark.parametrize("name", ["eval_passkey", "eval_ppl"])

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     sys.modules["matplotlib"] = None  # as if not installed
     sys.path.insert(0, sys.argv[1])
     from pose_megatron import errors, positions
-    from tools import eval_passkey, eval_ruler
+    from pose_megatron.commands import eval_passkey, eval_ruler
     runs = json.loads(sys.argv[2])
     tools = {"eval_ruler": eval_ruler.main, "eval_passkey": eval_passkey.main,
              "positions": positions.main}

@@ -67,7 +67,7 @@ def hf_dir():
 def test_import_gguf_errors(tmp_path, capsys):
     """Fast: the tool's expected failures are one line naming the flag."""
     from pose_megatron import errors
-    from tools.import_gguf import main as tool_main
+    from pose_megatron.commands.import_gguf import main as tool_main
 
     def main(argv):
         return errors.run(tool_main, argv, exit=False)

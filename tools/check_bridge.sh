@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 BRIDGE_VENV=${BRIDGE_VENV:-.venv-bridge}
 TOL=${TOL:-1e-4}
-# an existing project environment is used as it is (PYTHONPATH below puts this tree first)
+# an existing project environment is used as it is (PYTHONPATH below puts this tree first,
+# also where VENV is another tree's; .venv-bridge has this tree installed)
 [ -x "$VENV/bin/python" ] || VENV=$VENV bash tools/setup_env.sh
 VENV=$BRIDGE_VENV bash tools/bridge/setup_bridge_env.sh
 WORK=${WORK:-$(mktemp -d)}

@@ -7,10 +7,12 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
+from pose_megatron import dtypes
 from pose_megatron.eval.models import EvalModel, load_model, parse_rope_scaling
 from pose_megatron.errors import UsageError
 from pose_megatron.eval.plots import plot_curves
-from pose_megatron.eval.report import format_table, read_results, write_json
+from pose_megatron.eval.report import format_table, read_results
+from pose_megatron.publish import write_json
 
 
 def make_parser(doc: str) -> argparse.ArgumentParser:
@@ -74,7 +76,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto",
                    help="auto (the GPU when present, else the CPU), cpu, cuda or cuda:N "
                         "(default: %(default)s)")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    g.add_argument("--dtype", default="auto", choices=["auto", *dtypes.NAMES],
                    help="weights/compute dtype; auto is float32 on CPU and bfloat16 on GPU "
                         "(default: %(default)s)")
 
@@ -145,7 +147,8 @@ def report(
                 text = note(r)
                 if text:
                     print(f"{e['name']} length {r['length']}: {text}")
-    write_json({"tool": tool, "models": entries}, args.output_json)
+    # in the order the entries were made, as people read them
+    write_json(args.output_json, {"tool": tool, "models": entries}, sort_keys=False)
     png = plot_curves(
         {e["name"]: [(r["length"], value(r)) for r in e["results"] if value(r) is not None]
          for e in entries},

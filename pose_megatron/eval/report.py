@@ -19,15 +19,6 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
     return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
 
 
-def write_json(data, path: str) -> str:
-    from pose_megatron.publish import atomic_file
-
-    with atomic_file(path) as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    return path
-
-
 # The per-length value each tool's table and plot read (None: a length marked n/a).
 _VALUE_KEYS = {"eval_ppl": "ppl", "eval_passkey": "accuracy"}
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Driver of tools/check_bridge.sh: the Megatron-Bridge side of the interop check.
 
-Runs in the Bridge environment (.venv-bridge, see tools/bridge/setup_bridge_env.sh) with
-PYTHONPATH at the repository root (for pose_megatron.cpu_shims, the project's CPU redirects of
-Megatron-Core's CUDA-only calls). Every step is Bridge's own code, on the CPU:
+Runs in the Bridge environment (.venv-bridge, see tools/bridge/setup_bridge_env.sh), which has
+this tree installed (for pose_megatron.cpu_shims, the project's CPU redirects of Megatron-Core's
+CUDA-only calls). Every step is Bridge's own code, on the CPU:
 
   make-hf       a tiny random LLaMA (or Qwen3 with YaRN) in HF format, with a tiny tokenizer
   import        HF -> Megatron with Bridge: AutoBridge.import_ckpt's steps, CPU settings
@@ -11,6 +11,7 @@ Megatron-Core's CUDA-only calls). Every step is Bridge's own code, on the CPU:
                 loaded model's logits against the HF model's
   export        Megatron -> HF with Bridge (AutoBridge.export_ckpt's calls, CPU settings)
   logits        max |logits difference| of two HF directories (transformers)
+  versions      Bridge and pose_megatron import here; prints the versions (setup_bridge_env.sh)
 
 Each step prints one ``RESULT {json}`` line that tools/check_bridge.sh collects.
 """
@@ -19,12 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 # Settings of Bridge's LLaMA provider that need Transformer Engine or CUDA kernels; on the CPU
 # they are switched off (numerically the same model: fusions only).
@@ -191,6 +188,20 @@ def cmd_logits(opts) -> None:
     _result(step="logits", a=opts.a, b=opts.b, max_abs_diff=diff)
 
 
+def cmd_versions(opts) -> None:
+    import torch
+    import transformers
+    from importlib.metadata import version
+
+    _import_bridge()
+    import pose_megatron.cpu_shims  # noqa: F401  (this tree, installed by setup_bridge_env.sh)
+
+    print(f"[bridge-env] torch {torch.__version__} (cuda={torch.cuda.is_available()}), "
+          f"megatron-core {version('megatron-core')}, megatron-bridge "
+          f"{version('megatron-bridge')}, transformers {transformers.__version__}, "
+          f"pose_megatron {version('pose_megatron')}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -219,6 +230,7 @@ def main(argv=None) -> int:
     s.add_argument("--a", required=True)
     s.add_argument("--b", required=True)
     s.set_defaults(fn=cmd_logits)
+    sub.add_parser("versions").set_defaults(fn=cmd_versions)
     opts = p.parse_args(argv)
     opts.fn(opts)
     return 0

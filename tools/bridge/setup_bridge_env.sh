@@ -15,7 +15,7 @@ PY=${PYTHON:-python3.11}
 VENV=${VENV:-.venv-bridge}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 stamp="$VENV/.bridge_installed"
-want="$(sha1sum tools/bridge/setup_bridge_env.sh | cut -c1-16) $TORCH_SPEC"
+want="$(cat tools/bridge/setup_bridge_env.sh setup.py | sha1sum | cut -c1-16) $TORCH_SPEC"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -34,17 +34,8 @@ pip install -q "$TORCH_SPEC" "transformers==5.12.1" safetensors numpy "packaging
   "omegaconf>=2.3" "hydra-core>=1.3.4,<1.4" tqdm rich six regex einops accelerate sentencepiece \
   psutil pybind11 triton requests pulp scipy nvidia-ml-py "megatron-energon==7.4.1" \
   "datasets>=2.20.0" "tensorboard>=2.19.0" pytest
-"$VENV/bin/python" - <<'PY'
-import sys
-sys.path.insert(0, "tools/bridge")
-import cpu_shim
-cpu_shim.install()
-import torch, transformers
-from megatron.bridge import AutoBridge  # noqa: F401
-import megatron.bridge.training.model_load_save  # noqa: F401
-from importlib.metadata import version
-print(f"[bridge-env] torch {torch.__version__} (cuda={torch.cuda.is_available()}), megatron-core "
-      f"{version('megatron-core')}, megatron-bridge {version('megatron-bridge')}, "
-      f"transformers {transformers.__version__}")
-PY
+# bridge_check.py imports pose_megatron.cpu_shims: this tree, editable (setup.py is in the stamp)
+echo "[bridge-env] pose_megatron from this tree (editable, --no-deps)"
+pip install -q --no-build-isolation --no-deps -e .
+"$VENV/bin/python" tools/bridge/bridge_check.py versions
 echo "$want" > "$stamp"
