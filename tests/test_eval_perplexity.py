@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pose_megatron.eval.perplexity import Window, perplexity, sliding_windows, window_nll
-from tests.eval_data import BOS, EOS, VOCAB
+from tests.eval_data import BOS
 
 
 def test_windows_by_hand():
