@@ -22,7 +22,7 @@ from pose_megatron import errors, publish
 from pose_megatron.commands import convert_hf_to_megatron as to_megatron
 from pose_megatron.commands import convert_megatron_to_hf as to_hf
 from tests.distributed import child_env
-from tests.test_convert_fixtures import make_hf_model, save_hf_model
+from tests.hf_families import make_hf_model, save_hf_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
@@ -377,7 +377,7 @@ def _make_corpora(root):
     import numpy as np
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    from tests.test_eval_fixtures import save_char_tokenizer
+    from tests.eval_data import save_char_tokenizer
 
     tok = str(save_char_tokenizer(os.path.join(root, "tok")))
     rng = np.random.default_rng(0)

@@ -198,7 +198,7 @@ def test_layout_bridge_writes_what_bridge_wrote(converted):
 
 
 def test_layout_bridge_refusals(tmp_path, capsys):
-    from tests.test_convert_fixtures import make_hf_model, save_hf_model
+    from tests.hf_families import make_hf_model, save_hf_model
 
     # YaRN whose attention factor Megatron's YaRN cannot take: refused naming the parameter
     yarn = save_hf_model(make_hf_model("llama2", rope_scaling={
@@ -255,7 +255,7 @@ def test_real_bridge_check(tmp_path):
 def test_run_config_we_write_reads_back_as_the_same_model(tmp_path, family, extra):
     from pose_megatron.convert import hf_config
     from pose_megatron.convert.megatron_lm_args import disagreements
-    from tests.test_convert_fixtures import make_hf_model
+    from tests.hf_families import make_hf_model
 
     args = hf_config.args_from_hf_config(make_hf_model(family, **extra).config.to_dict(),
                                          "config.json")

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from pose_megatron.positions import pose_position_ids_batch
-from tests.test_convert_fixtures import FAMILIES, hf_state, make_hf_model, save_hf_model
+from tests.hf_families import FAMILIES, hf_state, make_hf_model, save_hf_model
 from tests.distributed import run_distributed
-from tests.test_model_rope import have_hybrid, needs_hybrid
+from tests.model_classes import have_hybrid, needs_hybrid
 
 TRAIN_LEN, TARGET_LEN = 24, 96
 

@@ -11,7 +11,7 @@ import torch
 from pose_megatron.config import ModelArgs
 from pose_megatron.checkpoint import store
 from pose_megatron.convert import hf_to_megatron, megatron_to_hf
-from tests.test_convert_fixtures import FAMILIES, hf_state, make_hf_model, save_hf_model
+from tests.hf_families import FAMILIES, hf_state, make_hf_model, save_hf_model
 from tests.distributed import run_distributed
 
 GRID = [(1, 1), (2, 1), (1, 2), (2, 2)]
@@ -25,14 +25,9 @@ def _assert_same_tensors(expected: dict, got: dict, where: str):
 
 
 @pytest.fixture(scope="module")
-def hf_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hf")
-    dirs = {}
-    for family in FAMILIES:
-        # llama2 as pytorch_model-*.bin shards (read with weights_only), the rest as safetensors
-        dirs[family] = save_hf_model(make_hf_model(family), str(root / family),
-                                     safetensors=family != "llama2")
-    return dirs
+def hf_dirs(hf_family_dir):
+    # llama2 as pytorch_model-*.bin shards (read with weights_only), the rest as safetensors
+    return {family: hf_family_dir(family) for family in FAMILIES}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -10,7 +10,6 @@ import torch
 
 from pose_megatron.config import ModelArgs
 from pose_megatron.convert import hf_config, hf_to_megatron, megatron_to_hf, weights
-from tests.test_convert_fixtures import make_hf_model, save_hf_model
 
 ARGS = ModelArgs(family="llama", vocab_size=256, hidden_size=64, intermediate_size=96,
                  num_layers=4, num_attention_heads=4, num_query_groups=2)
@@ -197,8 +196,8 @@ def test_stage_names_and_local_numbering():
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    return save_hf_model(make_hf_model("llama3_untied"), str(tmp_path_factory.mktemp("u") / "hf"))
+def hf_dir(hf_family_dir):
+    return hf_family_dir("llama3_untied")
 
 
 def _copy(src, dst):

@@ -20,13 +20,8 @@ TRAIN, TARGET = 64, 512
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    from pose_megatron.data.corpus import train_tokenizer, write_jsonl
-
-    d = tmp_path_factory.mktemp("tok")
-    write_jsonl(str(d / "c.jsonl"), max_docs=15)
-    train_tokenizer(str(d / "c.jsonl"), str(d / "t.model"), vocab_size=VOCAB, max_lines=3000)
-    return load_tokenizer(str(d / "t.model"))
+def tokenizer(sp_model):
+    return load_tokenizer(sp_model)  # its vocabulary is VOCAB
 
 
 def write_corpus(prefix, lengths, seed, dtype=np.uint16):

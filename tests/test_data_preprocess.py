@@ -11,7 +11,7 @@ import pytest
 
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from pose_megatron.data.corpus import build_corpus, stdlib_files, train_tokenizer, write_jsonl
+from pose_megatron.data.corpus import build_corpus, stdlib_files
 from pose_megatron.data.preprocess import length_histogram, preprocess
 from pose_megatron.data.tokenizers import load_tokenizer
 
@@ -23,14 +23,6 @@ TEXTS = [
     "class A:\n\t'''doc'''\n    pass\n" * 20,
     "import os\nprint(os.getcwd())  # ünïcödé ✓\n",
 ]
-
-
-@pytest.fixture(scope="module")
-def sp_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sp")
-    write_jsonl(str(d / "c.jsonl"), max_docs=15)
-    train_tokenizer(str(d / "c.jsonl"), str(d / "t.model"), vocab_size=400, max_lines=3000)
-    return str(d / "t.model")
 
 
 @pytest.fixture(scope="module")

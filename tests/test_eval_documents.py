@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pose_megatron.eval.documents import load_documents
-from tests.test_eval_fixtures import BOS, EOS, VOCAB
+from tests.eval_data import BOS, EOS, VOCAB
 
 
 def char_encode(text):

@@ -14,7 +14,7 @@ from pose_megatron.eval.models import (
 )
 from pose_megatron.eval.perplexity import perplexity
 from tests.distributed import run_distributed
-from tests.test_eval_fixtures import BOS, tiny_hf_dir  # noqa: F401
+from tests.eval_data import BOS, EOS, VOCAB
 
 
 def test_parse_rope_scaling():
@@ -58,7 +58,7 @@ def test_device_and_dtype_resolution():
             resolve_device("cuda")
 
 
-def test_linear_override_equals_interpolated_positions(tiny_hf_dir):  # noqa: F811
+def test_linear_override_equals_interpolated_positions(tiny_hf_dir):
     # Linear PI with factor 4 is the unscaled model fed positions m / 4 (HF accepts float
     # positions in its rotary embedding), so the override must give exactly those logits.
     from transformers import AutoModelForCausalLM
@@ -79,7 +79,7 @@ def test_linear_override_equals_interpolated_positions(tiny_hf_dir):  # noqa: F8
     assert scaled.rope_scaling == {"rope_type": "linear", "factor": 4.0}
 
 
-def test_yarn_override_takes_original_window_from_the_model(tiny_hf_dir):  # noqa: F811
+def test_yarn_override_takes_original_window_from_the_model(tiny_hf_dir):
     model = load_model(tiny_hf_dir, rope_scaling={"rope_type": "yarn", "factor": 4.0},
                        device="cpu")
     params = model.module.config.rope_parameters
@@ -92,12 +92,12 @@ def test_yarn_override_takes_original_window_from_the_model(tiny_hf_dir):  # noq
         0.1 * np.log(4.0) + 1.0)
 
 
-def test_unknown_rope_type_is_refused(tiny_hf_dir):  # noqa: F811
+def test_unknown_rope_type_is_refused(tiny_hf_dir):
     with pytest.raises(ValueError, match="rope_type 'ntk' is not one transformers knows: .*yarn"):
         load_model(tiny_hf_dir, rope_scaling={"rope_type": "ntk", "factor": 2.0}, device="cpu")
 
 
-def test_greedy_without_cache_equals_hf_generate(tiny_hf_dir):  # noqa: F811
+def test_greedy_without_cache_equals_hf_generate(tiny_hf_dir):
     model = load_model(tiny_hf_dir, device="cpu")
     prompt = [BOS] + model.tokenizer.encode("What is the pass key? The pass key is")
     hf_out = model.greedy(prompt, 10)
@@ -115,6 +115,17 @@ def test_greedy_without_cache_stops_at_eos():
 
     out = greedy_without_cache(forward_last, [1, 2], 10, eos_id=5, device=torch.device("cpu"))
     assert out == [3, 4, 5]
+
+
+def test_char_tokenizer_is_one_token_per_character(tiny_hf_dir):
+    # the evaluation tests' own tokenizer (tests/eval_data.py): one token per character
+    tok = load_tokenizer(tiny_hf_dir)
+    text = "The pass key is 12345.\nRemember it."
+    ids = tok.encode(text)
+    assert len(ids) == len(text)
+    assert ids[:3] == [VOCAB["T"], VOCAB["h"], VOCAB["e"]]
+    assert tok.decode(ids) == text
+    assert (tok.bos_id, tok.eos_id, tok.vocab_size) == (BOS, EOS, len(VOCAB))
 
 
 def test_sentencepiece_tokenizer_file(tmp_path):
@@ -189,7 +200,7 @@ def _megatron_vs_hf(rank, world_size, hf_dir, out):
     }
 
 
-def test_megatron_checkpoint_matches_hf(tiny_hf_dir, tmp_path):  # noqa: F811
+def test_megatron_checkpoint_matches_hf(tiny_hf_dir, tmp_path):
     # The Megatron-Core side of the evaluation (positions, padded-vocab slicing, greedy without
     # a cache, RoPE override, no position limit) against the HF model it was converted from.
     out = str(tmp_path / "mcore")

@@ -9,7 +9,7 @@ from pose_megatron.eval.passkey import (
     FILLER, KEY_RANGE, NEEDLE, QUESTION, TASK_LINE, build_trial, evaluate_length, is_correct,
     parse_answer, prompt_text,
 )
-from tests.test_eval_fixtures import BOS, VOCAB, tiny_hf_dir  # noqa: F401
+from tests.eval_data import BOS, VOCAB
 
 
 def char_encode(text):
@@ -126,7 +126,7 @@ def test_scoring_counts_exact_matches():
         int(str(r["key"])[:2]) for r in short.records]
 
 
-def test_random_model_end_to_end(tiny_hf_dir):  # noqa: F811
+def test_random_model_end_to_end(tiny_hf_dir):
     from pose_megatron.eval.models import load_model
 
     model = load_model(tiny_hf_dir, device="cpu")

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pose_megatron.eval.perplexity import Window, perplexity, sliding_windows, window_nll
-from tests.test_eval_fixtures import BOS, EOS, VOCAB, tiny_hf_dir  # noqa: F401
+from tests.eval_data import BOS
 
 
 def test_windows_by_hand():
@@ -113,7 +113,7 @@ def test_token_weighted_across_documents():
 TEXT = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs."
 
 
-def test_real_model_single_window_equals_direct_forward(tiny_hf_dir):  # noqa: F811
+def test_real_model_single_window_equals_direct_forward(tiny_hf_dir):
     from transformers import AutoModelForCausalLM
 
     from pose_megatron.eval.models import load_model
@@ -137,7 +137,7 @@ def test_real_model_single_window_equals_direct_forward(tiny_hf_dir):  # noqa: F
     assert 50 < r.ppl < 200
 
 
-def test_real_model_sliding_windows_equal_masked_hf_loss(tiny_hf_dir):  # noqa: F811
+def test_real_model_sliding_windows_equal_masked_hf_loss(tiny_hf_dir):
     from transformers import AutoModelForCausalLM
 
     from pose_megatron.eval.models import load_model

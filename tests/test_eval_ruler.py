@@ -20,7 +20,7 @@ from pose_megatron.eval.ruler import (
 from pose_megatron.eval.ruler_scoring import (
     evaluate_task, postprocess, string_match_all, string_match_part,
 )
-from tests.test_eval_fixtures import BOS, VOCAB, tiny_hf_dir  # noqa: F401
+from tests.eval_data import BOS, VOCAB
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INV = {i: t for t, i in VOCAB.items()}
@@ -41,16 +41,12 @@ def haystack():
 
 
 @pytest.fixture(scope="module")
-def sp_tokenizer(tmp_path_factory):
+def sp_tokenizer(sp_model):
     """The bundled corpus's sentencepiece tokenizer, trained small (a real BPE whose counts are
     not linear in the text)."""
-    from pose_megatron.data.corpus import train_tokenizer, write_jsonl
     from pose_megatron.eval.models import load_tokenizer
 
-    d = tmp_path_factory.mktemp("ruler_sp")
-    write_jsonl(str(d / "c.jsonl"), max_docs=15)
-    train_tokenizer(str(d / "c.jsonl"), str(d / "t.model"), vocab_size=400, max_lines=3000)
-    return load_tokenizer(str(d / "t.model"))
+    return load_tokenizer(sp_model)
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +308,7 @@ def test_help_explains_every_flag():
             assert flag in out
 
 
-def test_tool_end_to_end_on_tiny_model(tiny_hf_dir, tmp_path, capsys):  # noqa: F811
+def test_tool_end_to_end_on_tiny_model(tiny_hf_dir, tmp_path, capsys):
     tool = load_tool()
     hay = tmp_path / "hay.txt"
     hay.write_text("A plain sentence of real text. Another one follows here! " * 50)
@@ -367,7 +363,7 @@ def test_tool_end_to_end_on_tiny_model(tiny_hf_dir, tmp_path, capsys):  # noqa: 
     assert "niah_single_1" in capsys.readouterr().out
 
 
-def test_tool_errors_name_the_flag(tiny_hf_dir, tmp_path):  # noqa: F811
+def test_tool_errors_name_the_flag(tiny_hf_dir, tmp_path):
     tool = load_tool()
     base = ["--model", tiny_hf_dir, "--lengths", "2000", "--output-json",
             str(tmp_path / "x.json")]
@@ -388,7 +384,7 @@ def test_hf_chat_template_frames_the_prompt(tmp_path):
     from transformers import AutoTokenizer
 
     from pose_megatron.eval.models import load_tokenizer
-    from tests.test_eval_fixtures import save_char_tokenizer
+    from tests.eval_data import save_char_tokenizer
 
     save_char_tokenizer(tmp_path)
     hf = AutoTokenizer.from_pretrained(str(tmp_path))

@@ -12,7 +12,7 @@ import pytest
 from pose_megatron.eval.models import load_model
 from pose_megatron.eval.passkey import build_trial
 from pose_megatron.eval.perplexity import perplexity
-from tests.test_eval_fixtures import BOS, tiny_hf_dir  # noqa: F401
+from tests.eval_data import BOS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -33,7 +33,7 @@ def test_help_explains_every_flag(name):
             assert flag in out
 
 
-def test_eval_passkey_tool(tiny_hf_dir, tmp_path, capsys):  # noqa: F811
+def test_eval_passkey_tool(tiny_hf_dir, tmp_path, capsys):
     tool = load_tool("eval_passkey")
     out = str(tmp_path / "pk.json")
     assert tool.main(["--model", tiny_hf_dir, "--name", "tiny", "--lengths", "400,300",
@@ -74,7 +74,7 @@ def test_eval_passkey_tool(tiny_hf_dir, tmp_path, capsys):  # noqa: F811
     assert os.path.getsize(str(tmp_path / "cmp.png")) > 1000
 
 
-def test_eval_ppl_tool(tiny_hf_dir, tmp_path, capsys):  # noqa: F811
+def test_eval_ppl_tool(tiny_hf_dir, tmp_path, capsys):
     tool = load_tool("eval_ppl")
     text = tmp_path / "doc.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 4)  # 180 characters
@@ -113,7 +113,7 @@ def test_eval_ppl_tool(tiny_hf_dir, tmp_path, capsys):  # noqa: F811
     assert json.load(open(str(tmp_path / "again.json")))["models"] == [entry]
 
 
-def test_eval_ppl_marks_lengths_no_document_fills(tiny_hf_dir, tmp_path, capsys):  # noqa: F811
+def test_eval_ppl_marks_lengths_no_document_fills(tiny_hf_dir, tmp_path, capsys):
     tool = load_tool("eval_ppl")
     text = tmp_path / "doc.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 4)  # 180 tokens
@@ -154,7 +154,7 @@ def test_malformed_compare_fails_before_the_evaluation(tmp_path, content, messag
     assert not os.path.exists(tmp_path / "out.json")
 
 
-def test_tool_errors_name_the_flag(tiny_hf_dir, tmp_path):  # noqa: F811
+def test_tool_errors_name_the_flag(tiny_hf_dir, tmp_path):
     ppl = load_tool("eval_ppl")
     with pytest.raises(SystemExit, match="--data is required"):
         ppl.main(["--model", tiny_hf_dir, "--lengths", "32"])

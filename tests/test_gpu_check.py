@@ -2,8 +2,9 @@
 fp32 and bf16 (tools/gpu_check.sh runs it; skipped without CUDA). GPU_CHECK_DEVICE=cpu runs the
 same comparison on the CPU, which is what the script's dry run does so the step never rots.
 
-The oracle is HF's LlamaForCausalLM in fp32 on the CPU with the same weights
-(tests/test_model_rope's fixtures and hand-written weight mapping).
+The oracle is HF's LlamaForCausalLM in fp32 on the CPU with the same weights, which reach the
+Megatron model through the package's conversion (tests/rope_models.py, shared with
+tests/test_model_rope.py).
 """
 
 import os
@@ -12,8 +13,9 @@ import subprocess
 import pytest
 import torch
 
-from tests.test_model_rope import (MODEL_CLASSES, hf_logits, hf_model, hf_to_megatron, load_into,
-                                   megatron_logits, model_args, pose_batch)
+from tests.model_classes import MODEL_CLASSES
+from tests.rope_models import (hf_logits, hf_model, load_hf_weights, megatron_logits, model_args,
+                               pose_batch)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICE = os.environ.get("GPU_CHECK_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
@@ -44,7 +46,7 @@ def test_cuda_logits_match_hf_with_pose_ids(mp_device, name, dtype, model_class)
     expected = hf_logits(name, tokens, pos)
     model = build_model(model_args(name), spec="local", params_dtype=params_dtype,
                         bf16=dtype == "bfloat16", model_class=model_class)
-    load_into(model, hf_to_megatron(hf_model(name).state_dict(), model_class=model_class))
+    load_hf_weights(model, hf_model(name).state_dict(), model_args(name))
     model.to(mp_device)
     got = megatron_logits(model, tokens, pos)
     diff = (got - expected).abs().max().item()

@@ -1,11 +1,8 @@
 """Model-level RoPE checks: HF LlamaForCausalLM vs our Megatron-Core GPTModel (and HybridModel,
-megatron-core 0.19+) with the same weights.
-
-The HF -> Megatron weight mapping below is written by hand for the test (the real converter lives
-in pose_megatron/convert/): linear_qkv holds, per query group, [its query heads, k, v]; fc1 is
-cat(gate, up); tensor parallelism splits groups, the fc1 halves, vocab rows and the input columns
-of the row-parallel layers. A HybridModel holds block i's attention in layer 2i and its MLP in
-layer 2i+1, and the final norm as ``final_norm``.
+megatron-core 0.19+) with the same weights, which reach the Megatron model through the package's
+own conversion (tests/rope_models.py: the converter's tensor mapping for a GPTModel at any TP/PP
+rank and either spec, the converter's GPT-layout checkpoint and Megatron-Core's load-time
+translation for a HybridModel).
 """
 
 from __future__ import annotations
@@ -16,180 +13,11 @@ import pytest
 import torch
 
 from tests.distributed import run_distributed
-
-VOCAB, HIDDEN, FFN, LAYERS, HEADS, GROUPS, HEAD_DIM, WINDOW = 256, 64, 128, 2, 4, 2, 16, 256
-TRAIN_LEN = 24
-
-
-def have_hybrid() -> bool:
-    from pose_megatron import megatron_compat
-
-    return megatron_compat.hybrid_model_class() is not None
-
-
-needs_hybrid = pytest.mark.skipif(
-    not have_hybrid(), reason="HybridModel needs megatron-core >= 0.19 (this one has GPTModel only)")
-HYBRID = pytest.param("hybrid", marks=needs_hybrid)
-MODEL_CLASSES = ["gpt", HYBRID]
-
-ROPE_CASES = {
-    "default": None,
-    "linear": {"rope_type": "linear", "factor": 4.0},
-    "ntk": {"rope_type": "ntk", "factor": 4.0},
-    "dynamic": {"rope_type": "dynamic", "factor": 4.0},
-    "yarn": {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": WINDOW},
-    "yarn_pose": {"rope_type": "yarn_pose", "factor": 8.0,
-                  "original_max_position_embeddings": WINDOW},
-    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": WINDOW},
-    "longrope": {"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": WINDOW,
-                 "short_factor": [1.0 + 0.05 * i for i in range(HEAD_DIM // 2)],
-                 "long_factor": [1.0 + 0.6 * i for i in range(HEAD_DIM // 2)]},
-}
-
-
-def model_args(name, **kw):
-    from pose_megatron.config import ModelArgs
-
-    scaling = ROPE_CASES[name]
-    window = WINDOW * 4 if name == "longrope" else WINDOW  # LongRoPE: HF window = extended one
-    return ModelArgs(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_layers=LAYERS,
-        num_attention_heads=HEADS, num_query_groups=GROUPS, head_dim=HEAD_DIM,
-        max_position_embeddings=window, rope_theta=10000.0,
-        rope_scaling=dict(scaling) if scaling else None, **kw,
-    )
-
-
-def yarn_pose_float64(dim, base, factor, original, beta_fast=32.0, beta_slow=1.0):
-    """The PoSE reference's revised YaRN, written independently in float64 from its formula."""
-    def corr(rotations):
-        return dim * math.log(original / (2 * math.pi * rotations)) / (2 * math.log(base))
-
-    low, high = max(math.floor(corr(beta_fast)), 0), min(math.ceil(corr(beta_slow)), dim - 1)
-    theta = [base ** (-2 * j / dim) for j in range(dim // 2)]
-    out = []
-    for j, t in enumerate(theta):
-        ramp = min(max((j - low) / (high - low), 0.0), 1.0)
-        gamma = 1 - ramp
-        out.append(t / ((1 - gamma) * factor + gamma))
-    return torch.tensor(out, dtype=torch.float64), 0.1 * math.log(factor) + 1.0
-
-
-def hf_model(name, seed=0):
-    """A random-init fp32 HF LLaMA using rope type `name` (ntk, yarn_pose expressed in HF terms)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    args = model_args(name)
-    scaling = dict(args.rope_scaling or {"rope_type": "default"})
-    theta = args.rope_theta
-    if name == "ntk":  # fixed NTK == HF default RoPE with the enlarged base
-        theta = theta * scaling["factor"] ** (HEAD_DIM / (HEAD_DIM - 2))
-        scaling = {"rope_type": "default"}
-    if name == "yarn_pose":  # HF has no such type: plain RoPE, frequencies replaced below
-        scaling = {"rope_type": "default"}
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=GROUPS, head_dim=HEAD_DIM,
-        max_position_embeddings=args.max_position_embeddings, rms_norm_eps=args.norm_eps,
-        rope_parameters=dict(scaling, rope_theta=theta), tie_word_embeddings=False,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    if name == "yarn_pose":
-        inv_freq, mscale = yarn_pose_float64(HEAD_DIM, args.rope_theta, 8.0, WINDOW)
-        model.model.rotary_emb.inv_freq.copy_(inv_freq.float())
-        model.model.rotary_emb.attention_scaling = mscale
-    return model
-
-
-def to_hybrid(weights):
-    """GPTModel local-spec names -> HybridModel ones (``*-`` per block)."""
-    out = {}
-    for key, value in weights.items():
-        parts = key.split(".")
-        if key.startswith("decoder.layers."):
-            layer = int(parts[2])
-            mlp = parts[3] in ("mlp", "pre_mlp_layernorm")
-            key = ".".join(["decoder", "layers", str(2 * layer + mlp), *parts[3:]])
-        out[key.replace("decoder.final_layernorm.", "decoder.final_norm.")] = value
-    return out
-
-
-def hf_to_megatron(hf_state, tp_rank=0, tp_size=1, layer_offset=0, num_local_layers=LAYERS,
-                   pre_process=True, post_process=True, model_class="gpt"):
-    """Hand mapping of HF LLaMA weights onto the Megatron-Core local-spec names of one TP rank."""
-    def rows(t):
-        return t.chunk(tp_size, dim=0)[tp_rank]
-
-    def cols(t):
-        return t.chunk(tp_size, dim=1)[tp_rank]
-
-    heads_per_group = HEADS // GROUPS
-    out = {}
-    if pre_process:
-        out["embedding.word_embeddings.weight"] = rows(hf_state["model.embed_tokens.weight"])
-    for local in range(num_local_layers):
-        hf = f"model.layers.{local + layer_offset}."
-        mg = f"decoder.layers.{local}."
-        q = hf_state[hf + "self_attn.q_proj.weight"].view(GROUPS, heads_per_group * HEAD_DIM, HIDDEN)
-        k = hf_state[hf + "self_attn.k_proj.weight"].view(GROUPS, HEAD_DIM, HIDDEN)
-        v = hf_state[hf + "self_attn.v_proj.weight"].view(GROUPS, HEAD_DIM, HIDDEN)
-        qkv = torch.cat([q, k, v], dim=1)  # per group: [q heads, k, v]
-        out[mg + "self_attention.linear_qkv.weight"] = qkv.chunk(tp_size, dim=0)[tp_rank].reshape(
-            -1, HIDDEN)
-        out[mg + "self_attention.linear_proj.weight"] = cols(hf_state[hf + "self_attn.o_proj.weight"])
-        out[mg + "input_layernorm.weight"] = hf_state[hf + "input_layernorm.weight"]
-        out[mg + "pre_mlp_layernorm.weight"] = hf_state[hf + "post_attention_layernorm.weight"]
-        out[mg + "mlp.linear_fc1.weight"] = torch.cat(
-            [rows(hf_state[hf + "mlp.gate_proj.weight"]), rows(hf_state[hf + "mlp.up_proj.weight"])])
-        out[mg + "mlp.linear_fc2.weight"] = cols(hf_state[hf + "mlp.down_proj.weight"])
-    if post_process:
-        out["decoder.final_layernorm.weight"] = hf_state["model.norm.weight"]
-        out["output_layer.weight"] = rows(hf_state["lm_head.weight"])
-    return to_hybrid(out) if model_class == "hybrid" else out
-
-
-def load_into(model, weights):
-    state = model.state_dict()
-    tensors = {k for k, v in state.items() if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")}
-    assert tensors == set(weights), (sorted(tensors ^ set(weights)))
-    with torch.no_grad():
-        for key, value in weights.items():
-            state[key].copy_(value)
-
-
-def pose_batch(name, batch=3):
-    """PoSE-skipped position ids, one different row per sample, reaching toward the target."""
-    from pose_megatron.positions import pose_position_ids_batch
-
-    target = model_args(name).max_position
-    ids = torch.as_tensor(
-        pose_position_ids_batch(TRAIN_LEN, target, list(range(batch)), seed=11).position_ids)
-    assert len({tuple(r) for r in ids.tolist()}) == batch  # every row its own positions
-    assert ids.max() >= 4 * TRAIN_LEN  # and they skip far beyond the sample length
-    tokens = torch.randint(0, VOCAB, (batch, TRAIN_LEN), generator=torch.Generator().manual_seed(5))
-    return tokens, ids
-
-
-def hf_logits(name, tokens, position_ids):
-    with torch.no_grad():
-        return hf_model(name)(input_ids=tokens, position_ids=position_ids).logits
-
-
-def call(model, *args, **kwargs):
-    """Run a Megatron model on its own device (CPU here, CUDA on a GPU machine); CPU result."""
-    device = next(model.parameters()).device
-    move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
-    out = model(*map(move, args), **{k: move(v) for k, v in kwargs.items()})
-    return out.float().cpu()
-
-
-def megatron_logits(model, tokens, position_ids, **kw):
-    model.eval()
-    with torch.no_grad():
-        return call(model, tokens, position_ids, runtime_gather_output=True, **kw)
+from tests.model_classes import MODEL_CLASSES, needs_hybrid
+from tests.rope_models import (GROUPS, HEAD_DIM, HEADS, HIDDEN, LAYERS, ROPE_CASES, TRAIN_LEN,
+                               VOCAB, call, converted_state, hf_logits, hf_model, load_hf_weights,
+                               load_into, megatron_logits, model_args, pose_batch,
+                               write_converted)
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +41,7 @@ def test_logits_match_hf_per_sample_positions(mp, name, model_class):
     expected = hf_logits(name, tokens, pos)
     model = build_model(model_args(name), spec="local", model_class=model_class)
     assert type(model).__name__ == {"gpt": "PoseGPTModel", "hybrid": "PoseHybridModel"}[model_class]
-    load_into(model, hf_to_megatron(hf_model(name).state_dict(), model_class=model_class))
+    load_hf_weights(model, hf_model(name).state_dict(), model_args(name))
     got = megatron_logits(model, tokens, pos)
     assert got.shape == expected.shape == (3, TRAIN_LEN, VOCAB)
     diff = (got - expected).abs().max().item()
@@ -228,7 +56,7 @@ def test_float64_precision_matches_hf_at_small_positions(mp):
     tokens, pos = pose_batch("yarn")
     expected = hf_logits("yarn", tokens, pos)
     model = build_model(model_args("yarn"), spec="local", rope_precision="float64")
-    load_into(model, hf_to_megatron(hf_model("yarn").state_dict()))
+    load_hf_weights(model, hf_model("yarn").state_dict(), model_args("yarn"))
     diff = (megatron_logits(model, tokens, pos) - expected).abs().max().item()
     assert diff <= 1e-4
 
@@ -243,7 +71,7 @@ def test_training_loss_and_grads_match_hf(mp):
     hf_loss = hf(input_ids=tokens, position_ids=pos, labels=tokens).loss
     hf_loss.backward()
     model = build_model(model_args(name), spec="local")
-    load_into(model, hf_to_megatron(hf.state_dict()))
+    load_hf_weights(model, hf.state_dict(), model_args(name))
     model.train()
     labels = torch.cat([tokens[:, 1:], tokens[:, :1]], dim=1)  # Megatron takes shifted labels
     device = next(model.parameters()).device
@@ -341,7 +169,7 @@ def test_arange_equals_stock(mp, name):
     scaling, pe_type, kwargs = STOCK_EQUIVALENTS[name]
     args = model_args("default")
     args = ModelArgs(**dict(args.to_dict(), rope_scaling=scaling))
-    weights = hf_to_megatron(hf_model("default").state_dict())
+    weights = converted_state(hf_model("default").state_dict(), args)
     stock = _stock_model(args, pe_type, **kwargs)
     load_into(stock, weights)
     ours = build_model(args, spec="local")
@@ -366,7 +194,7 @@ def test_linear_matches_stock_interpolation_to_rounding(mp):
     from pose_megatron.model import build_model
 
     args = model_args("linear")
-    weights = hf_to_megatron(hf_model("default").state_dict())
+    weights = converted_state(hf_model("default").state_dict(), args)
     stock = _stock_model(args, "rope", seq_len_interpolation_factor=4.0)
     load_into(stock, weights)
     ours = build_model(args, spec="local")
@@ -394,7 +222,7 @@ def test_interleaved_layout_matches_hf_with_permuted_heads(mp):
             state[key] = state[key].view(-1, HEAD_DIM, HIDDEN)[:, perm].reshape(-1, HIDDEN)
     args = model_args(name, rotary_interleaved=True)
     model = build_model(args, spec="local")
-    weights = hf_to_megatron(state)
+    weights = converted_state(state, args)
     load_into(model, weights)
     assert (megatron_logits(model, tokens, pos) - expected).abs().max() <= 1e-4
     # and bit for bit the stock interleaved RoPE at contiguous positions
@@ -448,7 +276,7 @@ def test_enable_pose_rope_on_stock_model(mp, name, model_class):
     args = model_args(name)
     tokens, pos = pose_batch(name)
     stock = _stock_model(args, "rope", model_class)
-    load_into(stock, hf_to_megatron(hf_model(name).state_dict(), model_class=model_class))
+    load_hf_weights(stock, hf_model(name).state_dict(), args)
     stock.eval()
     enable_pose_rope(stock, args)
     assert isinstance(stock.rotary_pos_emb, PoseRotaryEmbedding)
@@ -508,7 +336,16 @@ def test_dynamic_warns_in_training(mp):
 PARALLEL_CASES = {"gpt": list(ROPE_CASES), "hybrid": ["yarn_pose", "longrope"]}
 
 
-def _tp2_body(rank, world, model_class):
+def _hybrid_checkpoints(model_class, names, root):
+    """The converter's GPT-layout checkpoint of each case's HF weights, written here (TP=1) for
+    the HybridModels of a parallel job to read; none for a GPTModel (converted in memory)."""
+    if model_class != "hybrid":
+        return {}
+    return {name: write_converted(hf_model(name).state_dict(), model_args(name), str(root / name))
+            for name in names}
+
+
+def _tp2_body(rank, world, model_class, ckpts):
     from pose_megatron import parallel
     from pose_megatron.model import build_model
 
@@ -518,8 +355,7 @@ def _tp2_body(rank, world, model_class):
         tokens, pos = pose_batch(name)
         hf = hf_model(name)
         model = build_model(model_args(name), spec="local", model_class=model_class)
-        load_into(model, hf_to_megatron(hf.state_dict(), tp_rank=rank, tp_size=2,
-                                        model_class=model_class))
+        load_hf_weights(model, hf.state_dict(), model_args(name), ckpt=ckpts.get(name))
         got = megatron_logits(model, tokens, pos)
         with torch.no_grad():
             expected = hf(input_ids=tokens, position_ids=pos).logits
@@ -528,15 +364,19 @@ def _tp2_body(rank, world, model_class):
 
 
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
-def test_logits_match_hf_tp2(model_class):
-    results = run_distributed(_tp2_body, 2, model_class)
+def test_logits_match_hf_tp2(model_class, tmp_path):
+    ckpts = _hybrid_checkpoints(model_class, PARALLEL_CASES[model_class], tmp_path)
+    results = run_distributed(_tp2_body, 2, model_class, ckpts)
     for rank_diffs in results:
         assert set(rank_diffs) == set(PARALLEL_CASES[model_class])
         for name, diff in rank_diffs.items():
             assert diff <= 1e-4, f"TP=2 {model_class} {name}: max |logit diff| {diff}"
 
 
-def _pp2_body(rank, world, model_class):
+PP_CASES = ("yarn", "llama3")
+
+
+def _pp2_body(rank, world, model_class, ckpts):
     import torch.distributed as dist
 
     from pose_megatron import parallel
@@ -544,15 +384,14 @@ def _pp2_body(rank, world, model_class):
 
     device = parallel.initialize(pipeline_model_parallel_size=2)
     out = {}
-    for name in ("yarn", "llama3"):
+    for name in PP_CASES:
         tokens, pos = pose_batch(name)
         hf = hf_model(name)
         model = build_model(model_args(name), spec="local", model_class=model_class)
         model.eval()
         assert (model.pre_process, model.post_process) == (rank == 0, rank == 1)
-        load_into(model, hf_to_megatron(hf.state_dict(), layer_offset=rank * LAYERS // 2,
-                                        num_local_layers=LAYERS // 2, pre_process=rank == 0,
-                                        post_process=rank == 1, model_class=model_class))
+        load_hf_weights(model, hf.state_dict(), model_args(name), ckpt=ckpts.get(name))
+        assert len(model.decoder.layers) == LAYERS // 2 * (2 if model_class == "hybrid" else 1)
         with torch.no_grad():
             if rank == 0:
                 hidden = call(model, tokens, pos)  # [s, b, h]
@@ -568,8 +407,9 @@ def _pp2_body(rank, world, model_class):
 
 
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
-def test_logits_match_hf_pp2_every_stage_uses_position_ids(model_class):
-    _, last = run_distributed(_pp2_body, 2, model_class)
+def test_logits_match_hf_pp2_every_stage_uses_position_ids(model_class, tmp_path):
+    ckpts = _hybrid_checkpoints(model_class, PP_CASES, tmp_path)
+    _, last = run_distributed(_pp2_body, 2, model_class, ckpts)
     assert set(last) == {"yarn", "llama3"}
     for name, diff in last.items():
         assert diff <= 1e-4, f"PP=2 {name}: max |logit diff| {diff}"
@@ -578,18 +418,7 @@ def test_logits_match_hf_pp2_every_stage_uses_position_ids(model_class):
 # ---------------------------------------------------------------------------------------------
 # Transformer Engine spec (GPU only): unfused per-sample tables, and TE's fused kernel, which
 # takes only [S, 1, 1, D] tables and so serves gathered ids at micro-batch 1 (B > 1 is refused).
-
-
-def _te_names(local_weights):
-    # The TE spec fuses each pre-norm into the linear layer that follows it.
-    renames = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
-               "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
-    out = {}
-    for key, value in local_weights.items():
-        for old, new in renames.items():
-            key = key.replace(old, new)
-        out[key] = value
-    return out
+# The converter's mapping names the norms the TE spec fuses into the linear layers.
 
 
 @pytest.mark.gpu
@@ -607,8 +436,7 @@ def test_te_spec_matches_hf_unfused_and_fused(mp, model_class):
         for fusion in (False, True):
             model = build_model(model_args(name), spec="te", apply_rope_fusion=fusion,
                                 model_class=model_class)
-            load_into(model, _te_names(hf_to_megatron(hf_model(name).state_dict(),
-                                                      model_class=model_class)))
+            load_hf_weights(model, hf_model(name).state_dict(), model_args(name))
             if fusion:  # TE's kernel takes one [S, 1, 1, D] table: per-sample B=3 is refused
                 with pytest.raises(ValueError, match="apply_rope_fusion"):
                     megatron_logits(model, tokens, pos)

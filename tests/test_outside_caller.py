@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from tests.distributed import child_env
-from tests.test_eval_fixtures import save_tiny_llama
+from tests.eval_data import save_tiny_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

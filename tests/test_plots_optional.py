@@ -12,7 +12,6 @@ import sys
 import textwrap
 
 from tests.distributed import child_env
-from tests.test_eval_fixtures import tiny_hf_dir  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +28,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_tools_skip_the_plot_without_matplotlib_and_exit_0(tiny_hf_dir, tmp_path):  # noqa: F811
+def test_tools_skip_the_plot_without_matplotlib_and_exit_0(tiny_hf_dir, tmp_path):
     model = ["--model", tiny_hf_dir, "--name", "tiny", "--device", "cpu"]
     runs = [
         ("eval_ruler", model + ["--lengths", "1700", "--tasks", "vt", "--samples", "1",

@@ -248,7 +248,7 @@ def test_export_round_trip(hf_dir, trained, tmp_path):
 
     from pose_megatron.convert import megatron_to_hf, weights
     from pose_megatron.rope import compute_inv_freq
-    from tests.test_convert_fixtures import hf_state
+    from tests.hf_families import hf_state
 
     _, ckpt = trained
     out = str(tmp_path / "exported")

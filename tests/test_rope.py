@@ -13,7 +13,7 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from pose_megatron import rope
 from pose_megatron.rotary import PoseRotaryEmbedding, RopeSettings, attention_softmax_scale
-from tests.test_model_rope import yarn_pose_float64
+from tests.rope_models import yarn_pose_float64
 
 HEAD_DIM, THETA, WINDOW = 64, 10000.0, 2048
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.distributed import run_distributed
-from tests.test_model_rope import HYBRID
+from tests.model_classes import HYBRID
 
 
 def _job(rank, world, root, family, model_class):

@@ -205,7 +205,7 @@ def test_reverse_conversion_reads_the_args_of_a_megatron_lm_job(tmp_path):
 
     from pose_megatron.config import ModelArgs
     from pose_megatron.convert import hf_to_megatron, megatron_to_hf
-    from tests.test_convert_fixtures import hf_state, make_hf_model, save_hf_model
+    from tests.hf_families import hf_state, make_hf_model, save_hf_model
 
     src = save_hf_model(make_hf_model("llama2"), str(tmp_path / "hf"))
     base = tmp_path / "base"

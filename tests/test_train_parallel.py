@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.distributed import run_distributed
-from tests.test_model_rope import needs_hybrid
+from tests.model_classes import needs_hybrid
 
 TRAIN_LEN, TARGET_LEN, STEPS = 32, 128, 5
 

@@ -16,7 +16,7 @@ import pytest
 
 from pose_megatron.checkpoint import resumable
 from tests.distributed import child_env
-from tests.test_model_rope import MODEL_CLASSES
+from tests.model_classes import MODEL_CLASSES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

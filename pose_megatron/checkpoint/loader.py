@@ -26,7 +26,9 @@ def _resolve_dtype(dtype, args: ModelArgs) -> torch.dtype:
     return dtypes.to_torch(dtype, source="dtype", also=("a torch dtype",))
 
 
-def _load_dist(model, path: str, *, translate: bool = False) -> None:
+def load_dist_into(model, path: str, *, translate: bool = False) -> None:
+    """Load the torch_dist iteration directory ``path`` into a model already built (this rank's
+    part); ``translate``: a GPT checkpoint into a HybridModel."""
     from megatron.core.dist_checkpointing import ShardedObject
 
     # _extra_state holds no weights (None for the local spec, FP8 metadata for TE); leaving it
@@ -103,7 +105,7 @@ def load_megatron_model(
     model = build_model(args, spec=spec, params_dtype=params_dtype, rope_precision=rope_precision,
                         model_class=model_class)
     if fmt == "torch_dist":
-        _load_dist(model, path, translate=model_class != saved_class)
+        load_dist_into(model, path, translate=model_class != saved_class)
     else:
         _load_legacy(model, args, path)
     return model.to(device).eval()

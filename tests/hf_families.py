@@ -1,4 +1,7 @@
-"""Tiny random HF models of each supported family, built and saved with real transformers."""
+"""Tiny random HF models of each supported family, built and saved with real transformers.
+
+Plain helpers; the session fixture that saves each family once is ``hf_family_dir`` in
+tests/conftest.py."""
 
 from __future__ import annotations
 

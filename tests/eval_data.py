@@ -1,12 +1,12 @@
 """A tiny real LLaMA and a character-level tokenizer on disk, shared by the evaluation tests.
 
 The tokenizer maps every printable character to one token, so token counts equal character
-counts and prompt lengths in the passkey tests can be checked by hand.
+counts and prompt lengths in the passkey tests can be checked by hand. Plain helpers; the session
+fixture ``tiny_hf_dir`` (tests/conftest.py) saves the model once.
 """
 
 import string
 
-import pytest
 import torch
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
@@ -43,20 +43,3 @@ def save_tiny_llama(directory, max_position_embeddings=256, seed=0):
     model.save_pretrained(str(directory))
     save_char_tokenizer(directory)
     return directory
-
-
-@pytest.fixture(scope="session")
-def tiny_hf_dir(tmp_path_factory):
-    return str(save_tiny_llama(tmp_path_factory.mktemp("tiny_llama")))
-
-
-def test_char_tokenizer_is_one_token_per_character(tiny_hf_dir):
-    from pose_megatron.eval.models import load_tokenizer
-
-    tok = load_tokenizer(tiny_hf_dir)
-    text = "The pass key is 12345.\nRemember it."
-    ids = tok.encode(text)
-    assert len(ids) == len(text)
-    assert ids[:3] == [VOCAB["T"], VOCAB["h"], VOCAB["e"]]
-    assert tok.decode(ids) == text
-    assert (tok.bos_id, tok.eos_id, tok.vocab_size) == (BOS, EOS, len(VOCAB))
