@@ -13,9 +13,10 @@ that tell it apart. Its entry says, once:
 - ``sliding_window``/``hf_extra``: the config.json keys only this family has.
 
 Adding a family is adding an entry to ``FAMILIES`` (and a tiny random model of it to
-tests/test_convert_fixtures.py; docs/families.md lists each family's status). A family whose HF tensors or Megatron modules are not in the
-tables below needs its rows first; one whose layers Megatron-Core's GPTModel cannot build (NoPE
-layers, per-layer attention kinds) is not a family of this package.
+tests/hf_families.py; docs/families.md lists each family's status). A family whose HF tensors
+or Megatron modules are not in the tables below needs its rows first; one whose layers
+Megatron-Core's GPTModel cannot build (NoPE layers, per-layer attention kinds) is not a family
+of this package.
 """
 
 from __future__ import annotations
