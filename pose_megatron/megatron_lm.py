@@ -88,9 +88,9 @@ def pose_settings(args) -> PoseSettings:
     if train_len != seq:
         raise ValueError(f"--pose-train-len {train_len} must equal --seq-length {seq} (the "
                          "pipeline schedules size their buffers from --seq-length)")
-    return PoseSettings.from_flags(argparse.Namespace(
-        **{name: pose_arg(args, name) for name in POSE_FLAG_DESTS}, pose_train_len=train_len,
-        seed=pose_arg(args, "seed")))
+    flags = {name: pose_arg(args, name) for name in POSE_FLAG_DESTS}
+    flags.update(pose_train_len=train_len, seed=pose_arg(args, "seed"))
+    return PoseSettings.from_flags(argparse.Namespace(**flags))
 
 
 def rope_settings(args) -> dict:

@@ -37,6 +37,25 @@ def test_extra_args_provider_chains_the_scripts_own():
         ["--pose-target-len", "8"]).pose_target_len == 8
 
 
+def test_pose_settings_of_a_megatron_lm_job_read_every_flag():
+    # Every value differs from its default, so a flag read under another name would show.
+    from pose_megatron.positions import PoseSettings
+
+    args = _pose_args("--pose-target-len", "8192", "--pose-num-chunks", "3", "--pose-scheme",
+                      "uniform", "--pose-content-offset", "equal_u", "--pose-short-docs", "pack",
+                      "--pose-max-doc-len", "4000", seq_length=2048, seed=77)
+    assert megatron_lm.pose_settings(args) == PoseSettings(
+        train_len=2048, target_len=8192, num_chunks=3, scheme="uniform", content_offset="equal_u",
+        seed=77, max_doc_len=4000, short_docs="pack")
+    args.pose_train_len = 1024  # must equal --seq-length
+    with pytest.raises(ValueError, match="--pose-train-len 1024 must equal --seq-length 2048"):
+        megatron_lm.pose_settings(args)
+    args.pose_train_len = None
+    del args.pose_num_chunks  # add_pose_args was not chained in
+    with pytest.raises(AttributeError, match="pose_num_chunks"):
+        megatron_lm.pose_settings(args)
+
+
 def test_rope_scaling_type_is_required_beyond_the_window():
     args = _pose_args("--pose-target-len", "8192", seq_length=2048, max_position_embeddings=2048)
     with pytest.raises(ValueError, match="--rope-scaling-type is required"):
