@@ -185,3 +185,14 @@ def run(main: Callable, argv: Optional[Sequence[str]] = None, *, exit: bool = Tr
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)
+
+
+def command(main: Callable) -> Callable:
+    """``main`` as a command: ``start(argv=None)`` runs it under this convention, then exits. What
+    a ``pose-*`` console script, ``python -m pose_megatron.commands.X`` and ``tools/X.py`` start."""
+
+    def start(argv: Optional[Sequence[str]] = None):
+        run(main, argv)
+
+    start.__doc__ = f"The command: ``{main.__module__}.{main.__name__}`` under pose_megatron.errors."
+    return start

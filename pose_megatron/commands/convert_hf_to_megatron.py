@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
 
 from pose_megatron import dtypes, errors
 
@@ -81,10 +80,8 @@ def main(argv=None) -> int:
     return errors.run(convert, argv, exit=False)
 
 
-def run(argv=None) -> NoReturn:
-    """The command: console script, ``python -m`` and tools/convert_hf_to_megatron.py run
-    ``convert`` under the error convention of pose_megatron.errors, then exit."""
-    errors.run(convert, argv)
+# what the pose-* console script, python -m and tools/ start
+run = errors.command(convert)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
 
 from pose_megatron import dtypes, errors
 
@@ -75,10 +74,8 @@ def main(argv=None) -> int:
     return errors.run(convert, argv, exit=False)
 
 
-def run(argv=None) -> NoReturn:
-    """The command: console script, ``python -m`` and tools/convert_megatron_to_hf.py run
-    ``convert`` under the error convention of pose_megatron.errors, then exit."""
-    errors.run(convert, argv)
+# what the pose-* console script, python -m and tools/ start
+run = errors.command(convert)
 
 
 if __name__ == "__main__":

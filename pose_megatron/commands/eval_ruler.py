@@ -26,10 +26,10 @@ import json
 import os
 import sys
 import time
-from typing import NoReturn
 
 from tqdm import tqdm
 
+from pose_megatron import errors
 from pose_megatron.errors import UsageError
 from pose_megatron.eval import flags
 from pose_megatron.eval.plots import plot_heatmaps
@@ -231,12 +231,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def run(argv=None) -> NoReturn:
-    """The command: console script, ``python -m`` and tools/eval_ruler.py run
-    ``main`` under the error convention of pose_megatron.errors, then exit."""
-    from pose_megatron import errors
-
-    errors.run(main, argv)
+# what the pose-* console script, python -m and tools/ start
+run = errors.command(main)
 
 
 if __name__ == "__main__":

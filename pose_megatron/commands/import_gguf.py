@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import NoReturn
 
 from pose_megatron import dtypes, errors
 
@@ -57,10 +56,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def run(argv=None) -> NoReturn:
-    """The command: console script, ``python -m`` and tools/import_gguf.py run
-    ``main`` under the error convention of pose_megatron.errors, then exit."""
-    errors.run(main, argv)
+# what the pose-* console script, python -m and tools/ start
+run = errors.command(main)
 
 
 if __name__ == "__main__":

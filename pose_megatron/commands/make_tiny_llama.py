@@ -8,7 +8,8 @@ checkpoint.
 import argparse
 import os
 import shutil
-from typing import NoReturn
+
+from pose_megatron import errors
 
 
 def main(argv=None) -> int:
@@ -33,8 +34,6 @@ def main(argv=None) -> int:
     p.add_argument("--rope-theta", type=float, default=10000.0,
                    help="RoPE base (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
-    from pose_megatron import errors
-
     errors.add_debug_argument(p)
     args = p.parse_args(argv)
 
@@ -70,12 +69,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def run(argv=None) -> NoReturn:
-    """The command: console script, ``python -m`` and tools/make_tiny_llama.py run
-    ``main`` under the error convention of pose_megatron.errors, then exit."""
-    from pose_megatron import errors
-
-    errors.run(main, argv)
+# what the pose-* console script, python -m and tools/ start
+run = errors.command(main)
 
 
 if __name__ == "__main__":
