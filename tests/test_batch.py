@@ -68,9 +68,15 @@ def test_cp_split_of_attention_mask_is_on_query_dim():
 
 def _megatron_cp_split(rank, world):
     """Compare with Megatron-Core's own get_batch_on_this_cp_rank on real gloo CP groups."""
+    import inspect
+
     import torch.distributed as dist
     from megatron.core.utils import get_batch_on_this_cp_rank
 
+    # megatron-core 0.19 added a required switch for its hybrid CP mode; PoSE's is the plain one
+    plain_cp = ({"is_hybrid_cp": False}
+                if "is_hybrid_cp" in inspect.signature(get_batch_on_this_cp_rank).parameters
+                else {})
     dist.init_process_group("gloo")
     results = {}
     for cp in (2, 4):
@@ -79,7 +85,7 @@ def _megatron_cp_split(rank, world):
         cp_rank = rank % cp
         batch = _pose_batch(2, 32, 256)
         theirs = get_batch_on_this_cp_rank({k: v.clone() for k, v in batch.items()},
-                                           cp_group=group)
+                                           cp_group=group, **plain_cp)
         ours = split_batch_for_context_parallel(batch, cp, cp_rank)
         results[cp] = all(torch.equal(theirs[k], ours[k]) for k in batch)
     dist.destroy_process_group()
