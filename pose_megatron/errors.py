@@ -194,5 +194,6 @@ def command(main: Callable) -> Callable:
     def start(argv: Optional[Sequence[str]] = None):
         run(main, argv)
 
-    start.__doc__ = f"The command: ``{main.__module__}.{main.__name__}`` under pose_megatron.errors."
+    start.__doc__ = (f"The command: ``{main.__module__}.{main.__name__}`` under "
+                     "pose_megatron.errors.")
     return start

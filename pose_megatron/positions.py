@@ -223,13 +223,6 @@ class PoseSettings:
                    short_docs=args.pose_short_docs)
 
     @property
-    def doc_cut(self) -> int:
-        """Where a document is cut before a sample is drawn from it (``max_doc_len`` or the
-        scheme's default, ``default_max_doc_len``)."""
-        return self.max_doc_len or default_max_doc_len(self.train_len, self.target_len,
-                                                       self.scheme)
-
-    @property
     def synthetic_doc_len(self) -> int:
         """The document length of the synthetic data: the reference's cut, bounded by the
         target (longer content could not be placed at its distance)."""

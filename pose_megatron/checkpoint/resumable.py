@@ -37,7 +37,8 @@ from pose_megatron.checkpoint import store
 from pose_megatron.config import CONFIG_FILENAME, ModelArgs
 from pose_megatron.model import unwrap_model
 
-# The layout is Megatron-LM's, defined once in checkpoint/store (converter output is a checkpoint too).
+# The layout is Megatron-LM's, defined once in checkpoint/store (converter output is a
+# checkpoint too).
 TRACKER = store.TRACKER
 CHECKPOINT_VERSION = store.CHECKPOINT_VERSION
 # Test hook: SIGKILL this process right after its shards of iteration N are written, before the

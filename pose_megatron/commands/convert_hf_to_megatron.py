@@ -76,7 +76,8 @@ def convert(argv) -> int:
 
 
 def main(argv=None) -> int:
-    """Convert; an expected failure prints one ``error:`` line and returns 2 (see pose_megatron.errors)."""
+    """Convert; an expected failure prints one ``error:`` line and returns 2
+    (``pose_megatron.errors``)."""
     return errors.run(convert, argv, exit=False)
 
 

@@ -56,8 +56,8 @@ def convert(argv) -> int:
     try:
         max_shard = _size(opts.max_shard_size)
     except ValueError:
-        raise errors.UsageError(f"--max-shard-size {opts.max_shard_size!r}: expected e.g. 5GB or "
-                             "500MB") from None
+        raise errors.UsageError(f"--max-shard-size {opts.max_shard_size!r}: expected e.g. 5GB "
+                                "or 500MB") from None
     from pose_megatron.convert import megatron_to_hf
 
     args = megatron_to_hf(
@@ -70,7 +70,8 @@ def convert(argv) -> int:
 
 
 def main(argv=None) -> int:
-    """Convert; an expected failure prints one ``error:`` line and returns 2 (see pose_megatron.errors)."""
+    """Convert; an expected failure prints one ``error:`` line and returns 2
+    (``pose_megatron.errors``)."""
     return errors.run(convert, argv, exit=False)
 
 

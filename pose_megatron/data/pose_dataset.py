@@ -16,7 +16,7 @@ Sample ``i`` (``__getitem__``), all NumPy, ``L = train_len``:
   ``L`` tokens (``short_docs="skip"``, the paper), or a pack of consecutive shuffled documents
   that together reach ``L`` (``"pack"``; read as one document, EOD tokens included, attention
   not reset between them);
-- ``pose_megatron.positions`` with (``pose_seed``, ``i``) and the document length picks the
+- ``pose_megatron.positions`` with (``pose.seed``, ``i``) and the document length picks the
   chunks (document truncated to ``max_doc_len`` first, by default 5 training windows for the
   reference scheme as the authors' code does, the target length otherwise) and their position ids, so any rank, worker or resumed run regenerates the same
   sample;
@@ -150,8 +150,6 @@ class PoseGPTDataset(MegatronDataset):
         self.unique_description_hash = hashlib.md5(
             self.unique_description.encode("utf-8"), usedforsecurity=False).hexdigest()
         self.pose = config.pose
-        self.train_len = config.pose.train_len
-        self.pose_seed = config.pose.seed
         self._lengths = np.asarray(indexed_dataset.sequence_lengths)
         self.index = self._build_or_load_index()
         self._block = -1
@@ -211,7 +209,7 @@ class PoseGPTDataset(MegatronDataset):
                 self.config.index_backend == "auto" and sample_index_lib.cpp_available())
             lengths_or_idx = source if use_cpp else self._lengths
             index = sample_index_lib.build(
-                lengths_or_idx, beg, end, self.train_len, self.num_samples, self.pose_seed,
+                lengths_or_idx, beg, end, self.pose.train_len, self.num_samples, self.pose.seed,
                 self.pose.short_docs, backend="cpp" if use_cpp else "numpy",
                 threads=self.config.index_threads, source=source)
             index.save(prefix)

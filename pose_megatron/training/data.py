@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-
 from pose_megatron.errors import UsageError
 from pose_megatron.positions import PoseSettings
 from pose_megatron.training.batch import collate

@@ -27,25 +27,35 @@ from pose_megatron.training import logging_utils, validation
 from pose_megatron.training.batch import get_batch
 from pose_megatron.data.synthetic import SyntheticPoseDataset
 from pose_megatron.training.data import batch_iterator, build_megatron_dataset
-from pose_megatron.training.validation import RunPlan
+from pose_megatron.training.validation import RunPlan, flag_set
 
 
 @dataclasses.dataclass
 class Trainer:
     args: object
     plan: RunPlan
-    device: str
-    model_args: ModelArgs
     model: torch.nn.Module  # DDP-wrapped chunk
     optimizer: object
     scheduler: object
     dataset: object
-    num_microbatches: int
     iteration: int = 0
     consumed_train_samples: int = 0
     history: list = dataclasses.field(default_factory=list)
     save_lock: object = None  # held for the whole run: one writer per --save
     started: float = dataclasses.field(default_factory=time.monotonic)
+
+    # what the plan fixed, under the names the loop reads
+    @property
+    def device(self) -> str:
+        return self.plan.device
+
+    @property
+    def model_args(self) -> ModelArgs:
+        return self.plan.model_args
+
+    @property
+    def num_microbatches(self) -> int:
+        return self.plan.num_microbatches
 
 
 def build_dataset(args, plan: RunPlan, num_samples: int):
@@ -96,14 +106,10 @@ def make_forward_step(device: str):
     return forward_step
 
 
-def _flag(args, name: str) -> bool:
-    return bool(getattr(args, name, False))
-
-
 def describe_resume(args, saved, state: dict, scheduler, model_args: ModelArgs) -> str:
     """One line saying what a resumed run keeps from the checkpoint and what it replaces."""
     sched = scheduler.state_dict()
-    overridden = _flag(args, "override_opt_param_scheduler")
+    overridden = flag_set(args, "override_opt_param_scheduler")
     schedule = (f"LR schedule {'from the flags (--override-opt-param-scheduler)' if overridden else 'of the checkpoint'}: "
                 f"lr {sched['max_lr']} -> {sched['min_lr']}, warm-up {sched['lr_warmup_steps']}, "
                 f"{sched['lr_decay_style']} decay over {sched['lr_decay_steps']}, "
@@ -188,17 +194,15 @@ def build(args, plan: RunPlan, started: float) -> Trainer:
         end_wd=args.weight_decay, wd_incr_steps=args.train_iters, wd_incr_style="constant",
         wsd_decay_steps=max(1, args.lr_decay_iters // 10), lr_wsd_decay_style="linear",
         # validation.check_resume_settings has refused differences neither flag allows
-        use_checkpoint_opt_param_scheduler=not _flag(args, "override_opt_param_scheduler"),
-        override_opt_param_scheduler=_flag(args, "override_opt_param_scheduler"))
+        use_checkpoint_opt_param_scheduler=not flag_set(args, "override_opt_param_scheduler"),
+        override_opt_param_scheduler=flag_set(args, "override_opt_param_scheduler"))
 
     config.finalize_model_grads_func = finalize_model_grads
     config.no_sync_func = model.no_sync
     if args.bf16:
         config.grad_scale_func = optimizer.scale_loss
-    return Trainer(started=started, args=args, plan=plan, device=device,
-                   model_args=plan.model_args, model=model, optimizer=optimizer,
-                   scheduler=scheduler, dataset=None, num_microbatches=plan.num_microbatches,
-                   save_lock=save_lock)
+    return Trainer(started=started, args=args, plan=plan, model=model, optimizer=optimizer,
+                   scheduler=scheduler, dataset=None, save_lock=save_lock)
 
 
 def restore(trainer: Trainer) -> None:
@@ -206,7 +210,7 @@ def restore(trainer: Trainer) -> None:
     args, plan = trainer.args, trainer.plan
     state = resumable.load_checkpoint(
         args.load, trainer.model, trainer.optimizer, trainer.scheduler, finetune=args.finetune,
-        load_optim=not _flag(args, "no_load_optim"), saved=plan.saved)
+        load_optim=not flag_set(args, "no_load_optim"), saved=plan.saved)
     trainer.iteration = state["iteration"]
     trainer.consumed_train_samples = state["consumed_train_samples"]
     if dist.get_rank() == 0:

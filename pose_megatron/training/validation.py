@@ -39,7 +39,8 @@ class RunPlan:
         return self.global_batch_size // (self.micro_batch_size * self.data_parallel_size)
 
 
-def _flag(args, name: str) -> bool:
+def flag_set(args, name: str) -> bool:
+    """Whether the switch ``name`` is on (absent from a namespace counts as off)."""
     return bool(getattr(args, name, False))
 
 
@@ -167,18 +168,18 @@ def check_resume_settings(args, saved, model_args: ModelArgs) -> None:
     where = f"--load {args.load} (iteration {saved.tracker})"
     schedule = saved.common.get("opt_param_scheduler") or {}
     changed = _schedule_differences(args, schedule)
-    if changed and not (_flag(args, "override_opt_param_scheduler")
-                        or _flag(args, "use_checkpoint_opt_param_scheduler")):
+    if changed and not (flag_set(args, "override_opt_param_scheduler")
+                        or flag_set(args, "use_checkpoint_opt_param_scheduler")):
         raise UsageError(
             f"{where}: the LR schedule flags differ from the checkpoint's: "
             f"{'; '.join(changed)}; pass --use-checkpoint-opt-param-scheduler to continue the "
             "checkpoint's schedule or --override-opt-param-scheduler to apply the flags")
-    if not saved.has_optimizer and not _flag(args, "no_load_optim"):
+    if not saved.has_optimizer and not flag_set(args, "no_load_optim"):
         raise UsageError(
             f"{where} was saved without optimizer state (--no-save-optim); pass "
             "--no-load-optim to resume with a fresh optimizer, or --finetune to start a new run "
             "from its weights")
-    if model_args != saved.model_args and not _flag(args, "override_rope_scaling"):
+    if model_args != saved.model_args and not flag_set(args, "override_rope_scaling"):
         old, new = saved.model_args.to_dict(), model_args.to_dict()
         diff = "; ".join(f"{k} {new[k]} (checkpoint: {old[k]})" for k in old if old[k] != new[k])
         raise UsageError(
@@ -263,10 +264,11 @@ def validate(args, world_size: Optional[int] = None) -> RunPlan:
     check_device_support(args, device)
     pose, model_args = check_flags(args)
     saved = resumable.inspect_checkpoint(args.load) if args.load else None
-    if saved is not None and saved.hybrid_pattern and getattr(args, "model_class", "gpt") != "hybrid":
+    hybrid = getattr(args, "model_class", "gpt") == "hybrid"
+    if saved is not None and saved.hybrid_pattern and not hybrid:
         raise UsageError(
-            f"--load {args.load} was saved by a HybridModel run (layers "
-            f"{saved.hybrid_pattern}); pass --model-class hybrid (megatron-core >= 0.19) to load it")
+            f"--load {args.load} was saved by a HybridModel run (layers {saved.hybrid_pattern}); "
+            "pass --model-class hybrid (megatron-core >= 0.19) to load it")
     resuming = saved is not None and not saved.release and not args.finetune
     if resuming:
         check_resume_settings(args, saved, model_args)
