@@ -7,7 +7,7 @@ import pytest
 
 from pose_megatron.eval.passkey import (
     FILLER, KEY_RANGE, NEEDLE, QUESTION, TASK_LINE, build_trial, evaluate_length, is_correct,
-    parse_answer, prompt_text,
+    parse_answer, prompt_text, shared_opening,
 )
 from tests.eval_data import BOS, VOCAB
 
@@ -143,3 +143,42 @@ def test_random_model_end_to_end(tiny_hf_dir):
         assert r["prediction"] == parse_answer(expected)
         assert r["correct"] == (r["prediction"] == r["key"])
     assert res.correct == sum(r["correct"] for r in res.records)
+
+
+def test_shared_opening_is_what_every_trial_starts_with():
+    # char tokens: the opening of a trial with n fillers before its needle is exactly its first
+    # 1 + len(task line + "\n" + fillers) ids; one more filler would not be
+    for i in range(5):
+        t = build_trial(char_encode, BOS, 900, i, seed=3)
+        opening = shared_opening(char_encode, BOS, t.n_prefix)
+        assert t.input_ids[:len(opening)] == opening
+        longer = shared_opening(char_encode, BOS, t.n_prefix + 1)
+        assert t.input_ids[:len(longer)] != longer
+
+
+@pytest.mark.parametrize("rope", [None, {"rope_type": "yarn", "factor": 4.0,
+                                        "original_max_position_embeddings": 96}])
+def test_prefix_cache_gives_the_plain_paths_answers(tiny_hf_dir, rope):
+    """The cached opening (HF DynamicCache, cropped per trial) against the plain path, which runs
+    each whole prompt: every trial's output ids are the same, and each trial reused the part of
+    the opening it shares (all but its needle and what follows)."""
+    from pose_megatron.eval.models import load_model
+
+    model = load_model(tiny_hf_dir, device="cpu", rope_scaling=rope)
+    tok = model.tokenizer
+    plain = evaluate_length(model.greedy, tok.decode, tok.encode, model.bos_id, 384, trials=6,
+                            seed=5, max_new_tokens=8)
+    cached = evaluate_length(model.greedy, tok.decode, tok.encode, model.bos_id, 384, trials=6,
+                             seed=5, max_new_tokens=8, greedy_sharing=model.greedy_sharing)
+    assert [r["output"] for r in cached.records] == [r["output"] for r in plain.records]
+    assert [r["key"] for r in cached.records] == [r["key"] for r in plain.records]
+    for r in cached.records:
+        t = build_trial(tok.encode, model.bos_id, 384, r["trial"], seed=5)
+        shared = len(shared_opening(tok.encode, model.bos_id, t.n_prefix))
+        assert r["cached_tokens"] == shared, (r["cached_tokens"], shared)
+    assert all(r["cached_tokens"] == 0 for r in plain.records)
+    # ids, not just decoded text: greedy from a cache equals greedy over the whole prompt
+    share = model.greedy_sharing(shared_opening(tok.encode, model.bos_id, 40))
+    for i in range(3):
+        t = build_trial(tok.encode, model.bos_id, 384, i, seed=7)
+        assert share(t.input_ids, 12) == model.greedy(t.input_ids, 12)

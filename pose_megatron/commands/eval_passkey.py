@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "every run with this seed (default: %(default)s)")
     g.add_argument("--max-new-tokens", type=int, default=10,
                    help="greedy tokens generated per answer (default: %(default)s)")
+    g.add_argument("--no-prefix-cache", action="store_true",
+                   help="run every trial's whole prompt; by default a HF model computes the "
+                        "task line and filler the trials open with once and each trial runs only "
+                        "the rest (the same answers, about half the time)")
     g.add_argument("--no-task-line", action="store_true",
                    help="drop the instruction line that opens the prompt in the PoSE reference "
                         "code")
@@ -70,6 +74,7 @@ def main(argv=None) -> int:
                     model.greedy, tok.decode, tok.encode, bos, length, args.trials,
                     seed=args.seed, max_new_tokens=args.max_new_tokens,
                     task_line=not args.no_task_line,
+                    greedy_sharing=None if args.no_prefix_cache else model.greedy_sharing,
                     progress=lambda it, L=length: tqdm(it, desc=f"{model.name} passkey@{L}",
                                                        file=sys.stderr, leave=False),
                 )
@@ -80,7 +85,9 @@ def main(argv=None) -> int:
             results.append(res.to_dict())
         entry = flags.model_entry(model)
         entry.update(seed=args.seed, trials=args.trials, max_new_tokens=args.max_new_tokens,
-                     task_line=not args.no_task_line, seconds=round(time.time() - start, 2),
+                     task_line=not args.no_task_line,
+                     prefix_cache=not args.no_prefix_cache and model.greedy_sharing is not None,
+                     seconds=round(time.time() - start, 2),
                      results=results)
         entries.append(entry)
 

@@ -29,6 +29,7 @@ import torch
 
 from pose_megatron import dtypes
 from pose_megatron.config import CONFIG_FILENAME
+from pose_megatron.eval.prompting import common_prefix_len
 
 # RoPE types whose HF implementation needs the pretraining window, which we take from the model's
 # own max_position_embeddings when the override does not name it.
@@ -134,6 +135,9 @@ class EvalModel:
     positions (all when ``keep`` is None); positions are 0..s-1.
     ``greedy(ids, max_new_tokens)``: the greedily generated continuation of one prompt (list of
     ids), stopping early at EOS.
+    ``greedy_sharing(prefix)``: a ``greedy`` that computes the key/value cache of ``prefix`` once
+    and starts every prompt from the part of it that the prompt begins with (the same answers,
+    for the cost of the rest of each prompt); None for models without a KV cache interface.
     """
 
     name: str
@@ -146,6 +150,7 @@ class EvalModel:
     rope_scaling: Optional[dict] = None
     info: dict = field(default_factory=dict)
     module: Optional[torch.nn.Module] = None  # the underlying model, for inspection
+    greedy_sharing: Optional[Callable[[List[int]], "PrefixGreedy"]] = None  # HF models only
 
     @property
     def bos_id(self) -> int:
@@ -156,6 +161,32 @@ class EvalModel:
                 "config names a BOS token, which the evaluation windows start with"
             )
         return int(bos)
+
+
+class PrefixGreedy:
+    """Greedy decoding that starts each prompt from a cached prefix.
+
+    ``prefill(prefix_ids)`` returns the model's key/value cache of the prefix; ``generate(prompt,
+    cache, max_new_tokens)`` decodes greedily from ``cache``, which holds the keys and values of
+    the prompt's first ``cache length`` tokens, or from nothing when ``cache`` is None. Causal
+    attention makes a token's keys and values depend only on the tokens before it, so a prompt
+    that shares its first k ids with the prefix reuses the prefix's first k entries and computes
+    only the rest. ``cached_tokens`` counts what each call reused.
+    """
+
+    def __init__(self, prefix: Sequence[int], prefill, generate, crop):
+        self.prefix = [int(t) for t in prefix]
+        self._cache = prefill(self.prefix) if self.prefix else None
+        self._generate = generate
+        self._crop = crop
+        self.cached_tokens = 0  # of the last call
+
+    def __call__(self, prompt: List[int], max_new_tokens: int) -> List[int]:
+        # at least the prompt's last token is run, so its logits exist to pick the first answer
+        k = min(common_prefix_len(self.prefix, prompt), len(prompt) - 1)
+        cache = self._crop(self._cache, k) if k > 0 else None
+        self.cached_tokens = k
+        return self._generate(prompt, cache, max_new_tokens)
 
 
 def is_megatron_checkpoint(path: str) -> bool:
@@ -257,7 +288,10 @@ def load_hf_model(
     )
     model.to(device).eval()
     tokenizer = load_tokenizer(tokenizer_path or path)
-    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    forward_args = inspect.signature(model.forward).parameters
+    keeps_logits = "logits_to_keep" in forward_args
+    # transformers 5.2x renamed past_key_values to cache (the old name still works, with a warning)
+    cache_arg = "cache" if "cache" in forward_args else "past_key_values"
     eos = _stop_token(tokenizer, config.eos_token_id)
 
     @torch.no_grad()
@@ -271,8 +305,10 @@ def load_hf_model(
         return out if keep is None else out[:, -keep:]
 
     @torch.no_grad()
-    def greedy(prompt: List[int], max_new_tokens: int) -> List[int]:
+    def generate(prompt: List[int], cache, max_new_tokens: int) -> List[int]:
         ids = torch.tensor([prompt], dtype=torch.long, device=device)
+        # With a cache of the first k tokens, generate runs only the prompt's tokens after k.
+        extra = {} if cache is None else {cache_arg: cache}
         out = model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
@@ -281,8 +317,32 @@ def load_hf_model(
             max_new_tokens=max_new_tokens,
             eos_token_id=eos,
             pad_token_id=eos if eos is not None else 0,
+            **extra,
         )
         return [int(t) for t in out[0, ids.shape[1]:]]
+
+    def greedy(prompt: List[int], max_new_tokens: int) -> List[int]:
+        return generate(prompt, None, max_new_tokens)
+
+    @torch.no_grad()
+    def prefill(prefix: List[int]):
+        ids = torch.tensor([prefix], dtype=torch.long, device=device)
+        extra = {"logits_to_keep": 1} if keeps_logits else {}  # not [s, vocab] logits at 32k
+        out = model(input_ids=ids, use_cache=True, **extra)
+        return getattr(out, "cache", None) or out.past_key_values
+
+    def crop(cache, k: int):
+        # generate extends the cache it is given: each prompt gets its own copy of the first k
+        import copy
+
+        mine = copy.deepcopy(cache)
+        extra = mine.get_seq_length() - k
+        if extra:
+            mine.crop(-extra)  # a count to remove: what transformers 4.x and 5.x both read so
+        return mine
+
+    def greedy_sharing(prefix: List[int]) -> PrefixGreedy:
+        return PrefixGreedy(prefix, prefill, generate, crop)
 
     return EvalModel(
         name=name or os.path.basename(os.path.normpath(path)),
@@ -296,6 +356,7 @@ def load_hf_model(
         info={"bos": config.bos_token_id, "model_type": config.model_type,
               "vocab_size": config.vocab_size},
         module=model,
+        greedy_sharing=greedy_sharing,
     )
 
 

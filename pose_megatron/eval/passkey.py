@@ -15,6 +15,11 @@ the first integer in the decoded continuation is the prediction; a trial passes 
 
 Every trial is reproducible: its key and split come from a generator seeded with
 (seed, length, trial), so a trial does not depend on which other lengths or trials ran.
+
+The trials of one length all open with the task line and filler; a model that can reuse a key/value
+cache computes that opening once (``shared_opening``) and each trial runs only its tokens after the
+part it shares, which is everything from its needle on: about half the cost on average, and the
+same answers (each token's keys and values depend only on the tokens before it).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from pose_megatron.eval.prompting import largest_fitting
+from pose_megatron.eval.prompting import common_prefix_len, largest_fitting
 
 TASK_LINE = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
@@ -112,6 +117,15 @@ def build_trial(
     return PasskeyTrial(length, trial, key, n_prefix, n_prefix + n_suffix, text, ids)
 
 
+def shared_opening(encode: Callable[[str], List[int]], bos_id: int, n_fillers: int,
+                   task_line: bool = True) -> List[int]:
+    """[BOS] + the tokens of the task line and ``n_fillers`` fillers: what a trial with
+    ``n_fillers`` fillers before its needle starts with, up to the join before the needle."""
+    lines = [TASK_LINE] if task_line else []
+    lines.append(" ".join([FILLER] * n_fillers))
+    return [int(bos_id)] + [int(t) for t in encode("\n".join(lines))]
+
+
 def parse_answer(text: str) -> Optional[int]:
     """The first run of digits in ``text`` as an integer, or None when there is none."""
     match = _INT.search(text)
@@ -154,13 +168,25 @@ def evaluate_length(
     max_new_tokens: int = 10,
     task_line: bool = True,
     progress: Optional[Callable[[Iterable], Iterable]] = None,
+    greedy_sharing: Optional[Callable[[List[int]], Callable[[List[int], int], List[int]]]] = None,
 ) -> LengthResult:
-    """Run ``trials`` passkey trials at one length; ``greedy(ids, n)`` returns new token ids."""
+    """Run ``trials`` passkey trials at one length; ``greedy(ids, n)`` returns new token ids.
+
+    With ``greedy_sharing`` (``EvalModel.greedy_sharing``) the trials start from one cached
+    opening (module docstring) instead of each running its whole prompt.
+    """
+    built = [build_trial(encode, bos_id, length, i, seed=seed, task_line=task_line)
+             for i in range(trials)]
+    if greedy_sharing is not None:
+        opening = shared_opening(encode, bos_id, max(t.n_prefix for t in built), task_line)
+        # the opening only as far as some trial shares it: no cache is computed for nothing
+        used = max(common_prefix_len(opening, t.input_ids) for t in built)
+        greedy = greedy_sharing(opening[:used])
     records = []
     correct = 0
     steps = range(trials) if progress is None else progress(range(trials))
     for i in steps:
-        t = build_trial(encode, bos_id, length, i, seed=seed, task_line=task_line)
+        t = built[i]
         output = decode(greedy(t.input_ids, max_new_tokens))
         pred = parse_answer(output)
         ok = is_correct(pred, t.key)
@@ -172,6 +198,7 @@ def evaluate_length(
             "correct": ok,
             "depth": round(t.depth, 4),
             "n_tokens": len(t.input_ids),
+            "cached_tokens": getattr(greedy, "cached_tokens", 0),
             "output": output,
         })
     return LengthResult(length, trials, correct, records)

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 # A string no prompt contains, rendered in place of the user message to find the template's parts.
 _CONTENT_MARK = "\u2063RULER-CONTENT\u2063"
@@ -69,3 +69,12 @@ def chat_frame(render: Optional[Callable[[str], str]], mode: str) -> Optional[Ch
     if render is None:
         raise ValueError("--chat-template on: the tokenizer has no chat template")
     return ChatFrame.from_renderer(render)
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
