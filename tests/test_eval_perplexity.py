@@ -110,6 +110,26 @@ def test_token_weighted_across_documents():
         perplexity(fn, [], 4, 2, 0)
 
 
+def test_block_sums_follow_scoring_order_across_windows_and_documents(monkeypatch):
+    # 3-token blocks over two documents scored in overlapping windows: each block is the sum of
+    # the bigram NLL of the next 3 scored tokens, in document order, whatever window scored them
+    import pose_megatron.eval.perplexity as ppl_mod
+
+    monkeypatch.setattr(ppl_mod, "BLOCK_TOKENS", 3)
+    table = torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    logp = torch.log_softmax(table, dim=-1)
+    a, b = np.array([1, 2, 3, 4, 5]), np.array([5, 4, 3, 2])
+    r = perplexity(bigram_logits_fn(table), [a, b], ctx=4, stride=2, bos_id=0)
+    per_token = []
+    for doc in (a, b):
+        prev = [0] + list(doc[:-1])  # ctx 4, stride 2: every token keeps its predecessor
+        per_token += [-float(logp[p, t]) for p, t in zip(prev, doc)]
+    expected = [sum(per_token[i:i + 3]) for i in range(0, 9, 3)]
+    assert r.block_nll == pytest.approx(expected, abs=1e-12)
+    assert sum(r.block_nll) == pytest.approx(r.nll_sum, abs=1e-12)
+    assert r.to_dict()["block_tokens"] == 3
+
+
 TEXT = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs."
 
 

@@ -16,12 +16,17 @@ scored exactly once, t[0] from BOS alone and later tokens with up to ``ctx - 1``
 
 Across documents the NLL is token-weighted: ppl = exp(sum of all scored NLL / number of scored
 tokens), not a mean of per-document perplexities. Sums are kept in float64.
+
+The result also keeps the NLL sum of every ``BLOCK_TOKENS`` consecutive scored tokens, in scoring
+order: two models scored on the same text can then be compared block by block (a paired interval
+for their perplexity ratio), and, for one window per document, the blocks past a position say how
+the model does there alone.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -63,6 +68,7 @@ def sliding_windows(n_tokens: int, ctx: int, stride: int) -> List[Window]:
 
 
 _NLL_ROWS = 2048
+BLOCK_TOKENS = 256
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -108,6 +114,7 @@ class PerplexityResult:
     n_tokens: int
     n_windows: int
     n_documents: int
+    block_nll: List[float] = field(default_factory=list)  # NLL sum per BLOCK_TOKENS scored tokens
 
     @property
     def nll(self) -> float:
@@ -127,6 +134,8 @@ class PerplexityResult:
             "tokens": self.n_tokens,
             "windows": self.n_windows,
             "documents": self.n_documents,
+            "block_tokens": BLOCK_TOKENS,
+            "block_nll": [round(b, 6) for b in self.block_nll],
         }
 
 
@@ -145,8 +154,12 @@ def perplexity(
     jobs = [(doc, w) for doc, windows in plans for w in windows]
     nll_sum = 0.0
     n_tokens = 0
+    scored = []
     for doc, w in (jobs if progress is None else progress(jobs)):
         nll = window_nll(logits_fn, doc, w, bos_id)
         nll_sum += float(nll.sum())
         n_tokens += w.n_scored
-    return PerplexityResult(ctx, stride, nll_sum, n_tokens, len(jobs), len(plans))
+        scored.append(nll)
+    every = torch.cat(scored)
+    blocks = [float(b.sum()) for b in torch.split(every, BLOCK_TOKENS)]
+    return PerplexityResult(ctx, stride, nll_sum, n_tokens, len(jobs), len(plans), blocks)
