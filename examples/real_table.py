@@ -7,8 +7,16 @@ Reads every result file the script writes (``ppl_<method>_<L>.json`` on the lice
 ``ppl_pydoc_<method>_<L>.json`` on the second held-out text, ``passkey_<method>_<L>.json``,
 ``ruler_<method>_<L>.json``) and prints markdown tables: perplexity per text, passkey as
 correct/trials with a 95% Wilson interval, RULER niah_single_2, and each training arm's steps,
-minutes of steps and peak memory from LOGS_DIR. Cells not measured yet are "-". The plot
-(default RESULTS_DIR/real_model.png) is skipped with one line when matplotlib is missing.
+minutes of steps and peak memory from LOGS_DIR. Cells not measured yet are "-".
+
+PoSE against the control, paired (both score the same tokens and answer the same prompts):
+- perplexity ratio PoSE/control over the whole window and over the tokens past the model's
+  window, with a 95% interval from resampling 256-token blocks (the result files' block sums;
+  neighbouring tokens are not independent, blocks are the unit);
+- passkey: trials only PoSE got right, trials only the control got right, and the exact McNemar
+  p-value of that split.
+
+The plot (default RESULTS_DIR/real_model.png) is skipped with one line when matplotlib is missing.
 """
 
 from __future__ import annotations
@@ -20,10 +28,13 @@ import math
 import os
 import sys
 
+import numpy as np
+
 METHODS = (("base", "base, no scaling"), ("yarn_only", "YaRN x4, no training"),
            ("control_yarn", "YaRN x4 fine-tuned, no skips (control)"),
            ("pose_yarn", "PoSE-YaRN x4"))
 WINDOW = 8192
+BOOTSTRAP = 4000  # resamples per interval; the seed is fixed so the table is reproducible
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple:
@@ -42,8 +53,10 @@ def _entries(path: str):
 
 
 def collect(results: str) -> dict:
-    """{kind: {method: {length: value}}}; kinds ppl, ppl_pydoc, passkey, ruler."""
-    cells = {"ppl": {}, "ppl_pydoc": {}, "passkey": {}, "ruler": {}}
+    """{kind: {method: {length: value}}}; kinds ppl, ppl_pydoc, passkey, ruler; and the paired
+    data: blocks_ppl / blocks_ppl_pydoc (block sums, block size, tokens), records_passkey."""
+    cells = {"ppl": {}, "ppl_pydoc": {}, "passkey": {}, "ruler": {}, "blocks_ppl": {},
+             "blocks_ppl_pydoc": {}, "records_passkey": {}}
     for path in sorted(glob.glob(os.path.join(results, "*.json"))):
         base = os.path.basename(path)
         kind = ("ppl_pydoc" if base.startswith("ppl_pydoc_") else
@@ -54,8 +67,13 @@ def collect(results: str) -> dict:
             for r in model["results"]:
                 if kind.startswith("ppl"):
                     value = r["ppl"]
+                    if r.get("block_nll"):
+                        cells["blocks_" + kind].setdefault(model["name"], {})[r["length"]] = (
+                            r["block_nll"], r["block_tokens"], r["tokens"])
                 elif kind == "passkey":
                     value = (r["correct"], r["trials"])
+                    cells["records_passkey"].setdefault(model["name"], {})[r["length"]] = {
+                        rec["trial"]: bool(rec["correct"]) for rec in r["records"]}
                 else:
                     value = r.get("score", r.get("accuracy"))
                     if value is None:
@@ -97,13 +115,110 @@ def passkey_cell(value) -> str:
     return f"{k}/{n} [{100 * lo:.0f}-{100 * hi:.0f}%]"
 
 
+def block_tokens(size: int, n_blocks: int, tokens: int) -> np.ndarray:
+    counts = np.full(n_blocks, size, dtype=np.float64)
+    counts[-1] = tokens - size * (n_blocks - 1)
+    return counts
+
+
+def paired_ratio(a, b, first_block: int = 0, seed: int = 0):
+    """ppl(a)/ppl(b) over blocks ``first_block``.., with a 95% block-bootstrap interval; a and b
+    are (block sums, block size, tokens) of the same text scored by two models."""
+    (sa, size, tokens), (sb, size_b, tokens_b) = a, b
+    if (size, tokens, len(sa)) != (size_b, tokens_b, len(sb)) or first_block >= len(sa):
+        return None
+    diff = (np.asarray(sa) - np.asarray(sb))[first_block:]
+    counts = block_tokens(size, len(sa), tokens)[first_block:]
+    ratio = math.exp(diff.sum() / counts.sum())
+    idx = np.random.default_rng(seed).integers(0, len(diff), (BOOTSTRAP, len(diff)))
+    boot = np.exp(diff[idx].sum(1) / counts[idx].sum(1))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return ratio, float(lo), float(hi)
+
+
+def mcnemar(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant split against Binomial(n, 1/2)."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_tables(cells: dict, a: str = "pose_yarn", b: str = "control_yarn") -> list:
+    lines = []
+    for kind, text in (("blocks_ppl", "licences"), ("blocks_ppl_pydoc", "Python reference")):
+        ra, rb = cells[kind].get(a, {}), cells[kind].get(b, {})
+        lengths = sorted(set(ra) & set(rb))
+        if not lengths:
+            continue
+        if not lines:
+            lines += ["**PoSE vs the control, paired**: perplexity ratio PoSE/control on the "
+                      "same tokens [95% interval, 256-token blocks resampled]; below 1: PoSE "
+                      "better", "", "| text, tokens | " + " | ".join(str(L) for L in lengths)
+                      + " |", "|---" * (1 + len(lengths)) + "|"]
+        for label, first in (("all", lambda size: 0),
+                             (f"past the first {WINDOW}", lambda size: -(-WINDOW // size))):
+            row = []
+            for L in lengths:
+                got = paired_ratio(ra[L], rb[L], first(ra[L][1]))
+                row.append("-" if got is None else f"{got[0]:.3f} [{got[1]:.3f}-{got[2]:.3f}]")
+            lines.append(f"| {text}, {label} | " + " | ".join(row) + " |")
+    if lines:
+        lines.append("")
+    pa, pb = cells["records_passkey"].get(a, {}), cells["records_passkey"].get(b, {})
+    lengths = sorted(set(pa) & set(pb))
+    if lengths:
+        lines += ["**Passkey, PoSE vs the control on the same prompts**", "",
+                  "| L | trials | only PoSE right | only control right | exact McNemar p |",
+                  "|---|---|---|---|---|"]
+        for L in lengths:
+            common = sorted(set(pa[L]) & set(pb[L]))
+            only_a = sum(pa[L][t] and not pb[L][t] for t in common)
+            only_b = sum(pb[L][t] and not pa[L][t] for t in common)
+            lines.append(f"| {L} | {len(common)} | {only_a} | {only_b} | "
+                         f"{mcnemar(only_a, only_b):.2f} |")
+        lines.append("")
+    return lines
+
+
+def by_position(ax, cells: dict, a: str = "pose_yarn", b: str = "control_yarn",
+                bin_tokens: int = 2048) -> None:
+    """Mean NLL of PoSE minus the control's per ``bin_tokens`` of the longest window both have
+    on each text: where in the window PoSE gains or loses."""
+    for kind, text in (("blocks_ppl", "licences"), ("blocks_ppl_pydoc", "Python reference")):
+        ra, rb = cells[kind].get(a, {}), cells[kind].get(b, {})
+        common = sorted(set(ra) & set(rb))
+        if not common:
+            continue
+        L = common[-1]
+        (sa, size, tokens), (sb, _, _) = ra[L], rb[L]
+        counts = block_tokens(size, len(sa), tokens)
+        diff = np.asarray(sa) - np.asarray(sb)
+        per = max(1, bin_tokens // size)
+        xs, ys = [], []
+        for i in range(0, len(diff), per):
+            xs.append((i + min(per, len(diff) - i) / 2) * size)
+            ys.append(diff[i:i + per].sum() / counts[i:i + per].sum())
+        ax.plot(xs, ys, marker="o", label=f"{text}, L={L}")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.axvline(WINDOW, color="grey", linestyle=":")
+    ax.set_xlabel("position in the window (tokens)")
+    ax.set_ylabel("NLL PoSE - control (nats/token)")
+    ax.set_title(f"PoSE minus control, per {bin_tokens} tokens (below 0: PoSE better)",
+                 fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 def plot(cells: dict, png: str) -> None:
     from pose_megatron.eval.plots import pyplot, save
 
     plt = pyplot(png)  # None, and one line, without matplotlib
     if plt is None:
         return
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     panels = (("ppl", "perplexity: licences (first L tokens)"),
               ("ppl_pydoc", "perplexity: Python reference prose"),
               ("passkey", "passkey retrieval, % (95% Wilson)"))
@@ -126,6 +241,7 @@ def plot(cells: dict, png: str) -> None:
         ax.set_title(title, fontsize=10)
     axes[2].set_ylim(-5, 105)
     axes[0].legend(fontsize=7)
+    by_position(axes[3], cells)
     fig.suptitle("SmolLM2-135M-Instruct extended past its window (examples/reproduce_real.sh)")
     fig.tight_layout()
     print(f"wrote {save(fig, png)}", file=sys.stderr)
@@ -146,6 +262,7 @@ def main(argv=None) -> int:
     lines += table("Passkey retrieval: correct/trials [95% Wilson interval]",
                    cells["passkey"], passkey_cell)
     lines += table("RULER niah_single_2, % of samples", cells["ruler"], lambda v: f"{v:.0f}")
+    lines += paired_tables(cells)
     if opts.logs:
         lines += ["**Training** (window 2048, global batch 1, lr 2e-5, 10 warm-up steps)", "",
                   "| arm | training |", "|---|---|"]
