@@ -6,7 +6,8 @@
 # its CPU mode (POSE_TINY_CPU=1: one node, one srun task, its torchrun with 2 gloo processes)
 # with `sbatch --wait`, and checks the one checkpoint series it saved. Every wait is bounded; the
 # daemons it started are stopped on exit.
-#   bash tools/slurm_check.sh        (INSTALL=0: fail instead of installing missing packages)
+#   bash tools/slurm_check.sh        (INSTALL=0: fail instead of installing missing packages;
+#                                     INSTALL_ONLY=1: install them and stop, as CI does early)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -22,6 +23,7 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
     timeout 600 apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null \
         || fail "apt-get install slurm-wlm munge failed or took over 10 minutes"
 fi
+[ "${INSTALL_ONLY:-0}" = 1 ] && { say "slurm-wlm and munge are installed"; exit 0; }
 [ "$(id -u)" = 0 ] || fail "starting slurmd needs root (it runs jobs as their users)"
 
 WORK=$(mktemp -d /tmp/slurm-check.XXXXXX)

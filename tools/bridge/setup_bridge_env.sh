@@ -9,6 +9,7 @@
 # Transformer Engine import Bridge makes unconditionally. torch is installed first and pinned in
 # every later call, so nothing can pull the CUDA build.
 #   VENV=.venv-bridge PYTHON=python3.11 bash tools/bridge/setup_bridge_env.sh
+# DEPS_ONLY=1: everything but this tree (see tools/setup_env.sh; CI runs it beside a test suite).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3.11}
@@ -21,19 +22,27 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | grep -v -e "^WARNING: Location" -e "requires .*, which is not installed" -e "dependency resolver does not" || true; }
-echo "[bridge-env] $TORCH_SPEC"
-pip install -q "$TORCH_SPEC"
-echo "[bridge-env] megatron-core 0.19.2, megatron-bridge 0.6.2, nvidia-modelopt 0.47.0 (--no-deps)"
-pip install -q --ignore-requires-python --no-deps "megatron-core==0.19.2" "megatron-bridge==0.6.2" \
-  "nvidia-modelopt==0.47.0"
-echo "[bridge-env] the packages Bridge imports for a LLaMA conversion"
-# transformers: Bridge 0.6.2 pins <=5.12.1 (5.24 lacks modeling_attn_mask_utils it imports);
-# triton: megatron-core 0.19; modelopt: scipy, pulp, requests, nvidia-ml-py; Bridge's data and
-# training modules: megatron-energon, datasets, tensorboard, omegaconf, hydra-core.
-pip install -q "$TORCH_SPEC" "transformers==5.12.1" safetensors numpy "packaging>=24.2" pyyaml \
-  "omegaconf>=2.3" "hydra-core>=1.3.4,<1.4" tqdm rich six regex einops accelerate sentencepiece \
-  psutil pybind11 triton requests pulp scipy nvidia-ml-py "megatron-energon==7.4.1" \
-  "datasets>=2.20.0" "tensorboard>=2.19.0" pytest
+deps_stamp="$VENV/.bridge_deps"
+if [ ! -f "$deps_stamp" ] || [ "$(cat "$deps_stamp")" != "$want" ]; then
+  echo "[bridge-env] $TORCH_SPEC"
+  pip install -q "$TORCH_SPEC"
+  echo "[bridge-env] megatron-core 0.19.2, megatron-bridge 0.6.2, nvidia-modelopt 0.47.0 (--no-deps)"
+  pip install -q --ignore-requires-python --no-deps "megatron-core==0.19.2" "megatron-bridge==0.6.2" \
+    "nvidia-modelopt==0.47.0"
+  echo "[bridge-env] the packages Bridge imports for a LLaMA conversion"
+  # transformers: Bridge 0.6.2 pins <=5.12.1 (5.24 lacks modeling_attn_mask_utils it imports);
+  # triton: megatron-core 0.19; modelopt: scipy, pulp, requests, nvidia-ml-py; Bridge's data and
+  # training modules: megatron-energon, datasets, tensorboard, omegaconf, hydra-core.
+  pip install -q "$TORCH_SPEC" "transformers==5.12.1" safetensors numpy "packaging>=24.2" pyyaml \
+    "omegaconf>=2.3" "hydra-core>=1.3.4,<1.4" tqdm rich six regex einops accelerate sentencepiece \
+    psutil pybind11 triton requests pulp scipy nvidia-ml-py "megatron-energon==7.4.1" \
+    "datasets>=2.20.0" "tensorboard>=2.19.0" pytest
+  echo "$want" > "$deps_stamp"
+fi
+if [ "${DEPS_ONLY:-0}" = 1 ]; then
+  echo "[bridge-env] dependencies installed in $VENV (DEPS_ONLY: this tree not yet)"
+  exit 0
+fi
 # bridge_check.py imports pose_megatron.cpu_shims: this tree, editable (setup.py is in the stamp)
 echo "[bridge-env] pose_megatron from this tree (editable, --no-deps)"
 pip install -q --no-build-isolation --no-deps -e .
