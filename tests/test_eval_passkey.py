@@ -1,5 +1,6 @@
 """Passkey protocol: prompt structure, exact length fit, key placement, parsing and scoring."""
 
+import inspect
 import re
 
 import numpy as np
@@ -158,11 +159,15 @@ def test_shared_opening_is_what_every_trial_starts_with():
 
 @pytest.mark.parametrize("rope", [None, {"rope_type": "yarn", "factor": 4.0,
                                         "original_max_position_embeddings": 96}])
-def test_prefix_cache_gives_the_plain_paths_answers(tiny_hf_dir, rope):
+def test_prefix_cache_gives_the_plain_paths_answers(tiny_hf_dir, rope, monkeypatch):
     """The cached opening (HF DynamicCache, cropped per trial) against the plain path, which runs
     each whole prompt: every trial's output ids are the same, and each trial reused the part of
-    the opening it shares (all but its needle and what follows)."""
+    the opening it shares (all but its needle and what follows). The rest of each prompt runs in
+    pieces of 37 tokens here (512 by default), so several pieces extend the cache."""
+    import pose_megatron.eval.models as models
     from pose_megatron.eval.models import load_model
+
+    monkeypatch.setattr(models, "_CONTINUE_ROWS", 37)
 
     model = load_model(tiny_hf_dir, device="cpu", rope_scaling=rope)
     tok = model.tokenizer
@@ -182,3 +187,33 @@ def test_prefix_cache_gives_the_plain_paths_answers(tiny_hf_dir, rope):
     for i in range(3):
         t = build_trial(tok.encode, model.bos_id, 384, i, seed=7)
         assert share(t.input_ids, 12) == model.greedy(t.input_ids, 12)
+
+
+def test_extended_cache_holds_the_keys_and_values_of_one_pass(tiny_hf_dir, monkeypatch):
+    """extend_cache in pieces of 37 after a 50-token prefix: every layer's keys and values equal
+    those of one causal pass over the same 300 tokens (a dropped or misplaced token in any piece
+    changes them)."""
+    import torch
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    import pose_megatron.eval.models as models
+
+    monkeypatch.setattr(models, "_CONTINUE_ROWS", 37)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_hf_dir, local_files_only=True).eval()
+    ids = torch.randint(3, 90, (1, 300), generator=torch.Generator().manual_seed(0))
+    arg = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
+    def layers(cache):
+        if hasattr(cache, "layers"):
+            return [(layer.keys, layer.values) for layer in cache.layers]
+        return list(zip(cache.key_cache, cache.value_cache))
+
+    with torch.no_grad():
+        whole = hf(input_ids=ids, use_cache=True, **{arg: DynamicCache()})
+        whole = getattr(whole, "cache", None) or whole.past_key_values
+        pieces = DynamicCache()
+        hf(input_ids=ids[:, :50], use_cache=True, **{arg: pieces})
+    models.extend_cache(hf, ids, pieces, arg, keeps_logits=True)
+    assert pieces.get_seq_length() == 300
+    for (k1, v1), (k2, v2) in zip(layers(whole), layers(pieces)):
+        assert torch.allclose(k1, k2, atol=1e-5) and torch.allclose(v1, v2, atol=1e-5)
