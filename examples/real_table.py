@@ -231,8 +231,9 @@ def plot(cells: dict, png: str) -> None:
             if kind == "passkey":
                 ys = [100 * k / n for _, (k, n) in pts]
                 ci = [wilson(k, n) for _, (k, n) in pts]
-                err = [[y - 100 * lo for y, (lo, _) in zip(ys, ci)],
-                       [100 * hi - y for y, (_, hi) in zip(ys, ci)]]
+                # max(0, ..): at k = n (or 0) the bound is the point up to rounding
+                err = [[max(0.0, y - 100 * lo) for y, (lo, _) in zip(ys, ci)],
+                       [max(0.0, 100 * hi - y) for y, (_, hi) in zip(ys, ci)]]
                 ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
             else:
                 ax.plot(xs, [v for _, v in pts], marker="o", label=label)

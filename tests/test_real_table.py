@@ -63,3 +63,12 @@ def test_table_reads_result_files(tmp_path):
     pytest.importorskip("matplotlib")
     real_table.plot(real_table.collect(str(tmp_path)), str(tmp_path / "real.png"))
     assert (tmp_path / "real.png").stat().st_size > 0
+
+
+def test_plot_takes_every_trial_right(tmp_path):
+    # 10/10: the Wilson bound is 1 up to rounding, and matplotlib refuses a negative error bar
+    pytest.importorskip("matplotlib")
+    cells = real_table.collect(str(tmp_path))
+    cells["passkey"]["pose_yarn"] = {16384: (10, 10)}
+    real_table.plot(cells, str(tmp_path / "all_right.png"))
+    assert (tmp_path / "all_right.png").stat().st_size > 0
