@@ -237,6 +237,8 @@ def plot(cells: dict, png: str) -> None:
                 ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
             else:
                 ax.plot(xs, [v for _, v in pts], marker="o", label=label)
+        if kind != "passkey":
+            ax.set_yscale("log")  # the base model's blow-up past its window hides the rest
         ax.axvline(WINDOW, color="grey", linestyle=":", label=f"model's window ({WINDOW})")
         ax.set_xlabel("L (tokens)")
         ax.set_title(title, fontsize=10)
