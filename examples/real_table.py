@@ -121,14 +121,15 @@ def block_tokens(size: int, n_blocks: int, tokens: int) -> np.ndarray:
     return counts
 
 
-def paired_ratio(a, b, first_block: int = 0, seed: int = 0):
-    """ppl(a)/ppl(b) over blocks ``first_block``.., with a 95% block-bootstrap interval; a and b
-    are (block sums, block size, tokens) of the same text scored by two models."""
+def paired_ratio(a, b, first_block: int = 0, seed: int = 0, end_block=None):
+    """ppl(a)/ppl(b) over blocks ``first_block``..``end_block`` (exclusive; default all), with a
+    95% block-bootstrap interval; a and b are (block sums, block size, tokens) of the same text
+    scored by two models."""
     (sa, size, tokens), (sb, size_b, tokens_b) = a, b
     if (size, tokens, len(sa)) != (size_b, tokens_b, len(sb)) or first_block >= len(sa):
         return None
-    diff = (np.asarray(sa) - np.asarray(sb))[first_block:]
-    counts = block_tokens(size, len(sa), tokens)[first_block:]
+    diff = (np.asarray(sa) - np.asarray(sb))[first_block:end_block]
+    counts = block_tokens(size, len(sa), tokens)[first_block:end_block]
     ratio = math.exp(diff.sum() / counts.sum())
     idx = np.random.default_rng(seed).integers(0, len(diff), (BOOTSTRAP, len(diff)))
     boot = np.exp(diff[idx].sum(1) / counts[idx].sum(1))
@@ -144,6 +145,30 @@ def mcnemar(only_a: int, only_b: int) -> float:
     k = min(only_a, only_b)
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
     return min(1.0, 2 * tail)
+
+
+def region_table(cells: dict, a: str, b: str, region: int = WINDOW) -> list:
+    """The paired ratio by position region of the longest window both models have on each text.
+    Every window is the first L tokens of the same document and attention is causal, so a
+    shorter window's tokens are scored as in the longest one: its regions hold the whole story."""
+    lines = []
+    for kind, text in (("blocks_ppl", "licences"), ("blocks_ppl_pydoc", "Python reference")):
+        ra, rb = cells[kind].get(a, {}), cells[kind].get(b, {})
+        common = sorted(set(ra) & set(rb))
+        if not common:
+            continue
+        L = common[-1]
+        size = ra[L][1]
+        edges = list(range(0, L, region)) + [L]
+        cols = [f"{lo}-{hi}" for lo, hi in zip(edges, edges[1:])]
+        row = []
+        for lo, hi in zip(edges, edges[1:]):
+            got = paired_ratio(ra[L], rb[L], lo // size, end_block=-(-hi // size))
+            row.append("-" if got is None else f"{got[0]:.3f} [{got[1]:.3f}-{got[2]:.3f}]")
+        lines += [f"**PoSE/control by position, {text}, window {L}** (tokens of the document; "
+                  "same interval)", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|",
+                  "| " + " | ".join(row) + " |", ""]
+    return lines
 
 
 def paired_tables(cells: dict, a: str = "pose_yarn", b: str = "control_yarn") -> list:
@@ -167,6 +192,7 @@ def paired_tables(cells: dict, a: str = "pose_yarn", b: str = "control_yarn") ->
             lines.append(f"| {text}, {label} | " + " | ".join(row) + " |")
     if lines:
         lines.append("")
+    lines += region_table(cells, a, b)
     pa, pb = cells["records_passkey"].get(a, {}), cells["records_passkey"].get(b, {})
     lengths = sorted(set(pa) & set(pb))
     if lengths:

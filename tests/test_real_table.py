@@ -72,3 +72,17 @@ def test_plot_takes_every_trial_right(tmp_path):
     cells["passkey"]["pose_yarn"] = {16384: (10, 10)}
     real_table.plot(cells, str(tmp_path / "all_right.png"))
     assert (tmp_path / "all_right.png").stat().st_size > 0
+
+
+def test_region_table_splits_the_longest_window_at_the_models_window():
+    # 40 blocks of 256 (10240 tokens): PoSE equal to the control before 8192, 0.1 nats better after
+    size, counts = 256, [256] * 40
+    control = [2.0 * c for c in counts]
+    pose = [x - (0.1 * c if i >= 32 else 0.0) for i, (x, c) in enumerate(zip(control, counts))]
+    cells = {"blocks_ppl": {"pose_yarn": {10240: (pose, size, 10240)},
+                            "control_yarn": {10240: (control, size, 10240)}},
+             "blocks_ppl_pydoc": {}}
+    text = "\n".join(real_table.region_table(cells, "pose_yarn", "control_yarn"))
+    assert "| 0-8192 | 8192-10240 |" in text
+    after = f"{math.exp(-0.1):.3f}"
+    assert f"| 1.000 [1.000-1.000] | {after} [{after}-{after}] |" in text
