@@ -13,6 +13,8 @@ PoSE against the control, paired (both score the same tokens and answer the same
 - perplexity ratio PoSE/control over the whole window and over the tokens past the model's
   window, with a 95% interval from resampling 256-token blocks (the result files' block sums;
   neighbouring tokens are not independent, blocks are the unit);
+- the same ratio per 8192-token region of the longest window both have (every window is the
+  first L tokens of one document and attention is causal, so shorter windows are its prefixes);
 - passkey: trials only PoSE got right, trials only the control got right, and the exact McNemar
   p-value of that split.
 
