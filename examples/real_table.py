@@ -149,24 +149,35 @@ def mcnemar(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
+TEXTS = (("blocks_ppl", "licences"), ("blocks_ppl_pydoc", "Python reference"))
+
+
+def paired_texts(cells: dict, a: str, b: str):
+    """(text, a's blocks by length, b's blocks by length, lengths both have) per text that has
+    any."""
+    for kind, text in TEXTS:
+        ra, rb = cells[kind].get(a, {}), cells[kind].get(b, {})
+        common = sorted(set(ra) & set(rb))
+        if common:
+            yield text, ra, rb, common
+
+
+def ratio_cell(got) -> str:
+    return "-" if got is None else f"{got[0]:.3f} [{got[1]:.3f}-{got[2]:.3f}]"
+
+
 def region_table(cells: dict, a: str, b: str, region: int = WINDOW) -> list:
     """The paired ratio by position region of the longest window both models have on each text.
     Every window is the first L tokens of the same document and attention is causal, so a
     shorter window's tokens are scored as in the longest one: its regions hold the whole story."""
     lines = []
-    for kind, text in (("blocks_ppl", "licences"), ("blocks_ppl_pydoc", "Python reference")):
-        ra, rb = cells[kind].get(a, {}), cells[kind].get(b, {})
-        common = sorted(set(ra) & set(rb))
-        if not common:
-            continue
+    for text, ra, rb, common in paired_texts(cells, a, b):
         L = common[-1]
         size = ra[L][1]
         edges = list(range(0, L, region)) + [L]
         cols = [f"{lo}-{hi}" for lo, hi in zip(edges, edges[1:])]
-        row = []
-        for lo, hi in zip(edges, edges[1:]):
-            got = paired_ratio(ra[L], rb[L], lo // size, end_block=-(-hi // size))
-            row.append("-" if got is None else f"{got[0]:.3f} [{got[1]:.3f}-{got[2]:.3f}]")
+        row = [ratio_cell(paired_ratio(ra[L], rb[L], lo // size, end_block=-(-hi // size)))
+               for lo, hi in zip(edges, edges[1:])]
         lines += [f"**PoSE/control by position, {text}, window {L}** (tokens of the document; "
                   "same interval)", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|",
                   "| " + " | ".join(row) + " |", ""]
@@ -174,25 +185,21 @@ def region_table(cells: dict, a: str, b: str, region: int = WINDOW) -> list:
 
 
 def paired_tables(cells: dict, a: str = "pose_yarn", b: str = "control_yarn") -> list:
+    texts = list(paired_texts(cells, a, b))
     lines = []
-    for kind, text in (("blocks_ppl", "licences"), ("blocks_ppl_pydoc", "Python reference")):
-        ra, rb = cells[kind].get(a, {}), cells[kind].get(b, {})
-        lengths = sorted(set(ra) & set(rb))
-        if not lengths:
-            continue
-        if not lines:
-            lines += ["**PoSE vs the control, paired**: perplexity ratio PoSE/control on the "
-                      "same tokens [95% interval, 256-token blocks resampled]; below 1: PoSE "
-                      "better", "", "| text, tokens | " + " | ".join(str(L) for L in lengths)
-                      + " |", "|---" * (1 + len(lengths)) + "|"]
-        for label, first in (("all", lambda size: 0),
-                             (f"past the first {WINDOW}", lambda size: -(-WINDOW // size))):
-            row = []
-            for L in lengths:
-                got = paired_ratio(ra[L], rb[L], first(ra[L][1]))
-                row.append("-" if got is None else f"{got[0]:.3f} [{got[1]:.3f}-{got[2]:.3f}]")
-            lines.append(f"| {text}, {label} | " + " | ".join(row) + " |")
-    if lines:
+    if texts:
+        lengths = sorted({L for *_, common in texts for L in common})
+        lines += ["**PoSE vs the control, paired**: perplexity ratio PoSE/control on the same "
+                  "tokens [95% interval, 256-token blocks resampled]; below 1: PoSE better", "",
+                  "| text, tokens | " + " | ".join(str(L) for L in lengths) + " |",
+                  "|---" * (1 + len(lengths)) + "|"]
+        for text, ra, rb, common in texts:
+            for label, past in (("all", False), (f"past the first {WINDOW}", True)):
+                # the first block past the window, in the file's own block size
+                row = [ratio_cell(paired_ratio(ra[L], rb[L], -(-WINDOW // ra[L][1]) if past
+                                               else 0)) if L in common else "-"
+                       for L in lengths]
+                lines.append(f"| {text}, {label} | " + " | ".join(row) + " |")
         lines.append("")
     lines += region_table(cells, a, b)
     pa, pb = cells["records_passkey"].get(a, {}), cells["records_passkey"].get(b, {})
@@ -215,11 +222,7 @@ def by_position(ax, cells: dict, a: str = "pose_yarn", b: str = "control_yarn",
                 bin_tokens: int = 2048) -> None:
     """Mean NLL of PoSE minus the control's per ``bin_tokens`` of the longest window both have
     on each text: where in the window PoSE gains or loses."""
-    for kind, text in (("blocks_ppl", "licences"), ("blocks_ppl_pydoc", "Python reference")):
-        ra, rb = cells[kind].get(a, {}), cells[kind].get(b, {})
-        common = sorted(set(ra) & set(rb))
-        if not common:
-            continue
+    for text, ra, rb, common in paired_texts(cells, a, b):
         L = common[-1]
         (sa, size, tokens), (sb, _, _) = ra[L], rb[L]
         counts = block_tokens(size, len(sa), tokens)
