@@ -18,8 +18,8 @@ Every trial is reproducible: its key and split come from a generator seeded with
 
 The trials of one length all open with the task line and filler; a model that can reuse a key/value
 cache computes that opening once (``shared_opening``) and each trial runs only its tokens after the
-part it shares, which is everything from its needle on: about half the cost on average, and the
-same answers (each token's keys and values depend only on the tokens before it).
+part it shares, which is everything from its needle on: about half the prompt tokens on average,
+and the same answers (each token's keys and values depend only on the tokens before it).
 """
 
 from __future__ import annotations
@@ -44,13 +44,16 @@ KEY_RANGE = (10000, 99999)  # inclusive: 5 digits
 _INT = re.compile(r"\d+")
 
 
+def _opening_lines(n_fillers: int, task_line: bool) -> List[str]:
+    """The prompt's lines before the needle: what every trial's prompt opens with."""
+    return ([TASK_LINE] if task_line else []) + [" ".join([FILLER] * n_fillers)]
+
+
 def prompt_text(key: int, n_prefix: int, n_suffix: int, task_line: bool = True) -> str:
     """The prompt with the needle after ``n_prefix`` fillers and before ``n_suffix`` fillers."""
     if n_prefix < 0 or n_suffix < 0:
         raise ValueError(f"filler counts must be >= 0, got {n_prefix} and {n_suffix}")
-    lines = [TASK_LINE] if task_line else []
-    lines += [
-        " ".join([FILLER] * n_prefix),
+    lines = _opening_lines(n_prefix, task_line) + [
         NEEDLE.format(key=key),
         " ".join([FILLER] * n_suffix),
         QUESTION,
@@ -121,9 +124,8 @@ def shared_opening(encode: Callable[[str], List[int]], bos_id: int, n_fillers: i
                    task_line: bool = True) -> List[int]:
     """[BOS] + the tokens of the task line and ``n_fillers`` fillers: what a trial with
     ``n_fillers`` fillers before its needle starts with, up to the join before the needle."""
-    lines = [TASK_LINE] if task_line else []
-    lines.append(" ".join([FILLER] * n_fillers))
-    return [int(bos_id)] + [int(t) for t in encode("\n".join(lines))]
+    text = "\n".join(_opening_lines(n_fillers, task_line))
+    return [int(bos_id)] + [int(t) for t in encode(text)]
 
 
 def parse_answer(text: str) -> Optional[int]:
